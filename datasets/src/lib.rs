@@ -1,0 +1,1 @@
+//! Dataset readers, LDA partitioning and Parquet I/O.

@@ -1,0 +1,1 @@
+//! Manifest, DAG, content-addressed cache, executor and CLI.

@@ -1,0 +1,1 @@
+//! Pure compute: models, PEFT, federated learning, PS generator, metrics.
