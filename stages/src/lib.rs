@@ -1,1 +1,13 @@
-//! Pure compute: models, PEFT, federated learning, PS generator, metrics.
+//! Pure compute for the FedP2EFT pipeline: models, PEFT adapters, optimisers, federated
+//! learning, the PS generator, personalization and metrics.
+//!
+//! This crate knows nothing of caching, manifests or artifact paths: every function takes its
+//! inputs (tensors, examples, seeds, directories chosen by the caller) and returns values.
+//! Every random draw takes a seed derived with [`rng::derive_seed`].
+
+pub mod import;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod peft;
+pub mod rng;

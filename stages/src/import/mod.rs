@@ -1,0 +1,1 @@
+//! Importers from GGUF and other packaged formats into the HF layout (config.json, safetensors, tokenizer.json).

@@ -1,0 +1,1 @@
+//! Models in candle: BERT sequence classifier and LLaMA causal LM, loaded from HF layout.

@@ -1,0 +1,1 @@
+//! Optimisers (Adam, AdamW with parameter groups), gradient clipping and lr schedules.

@@ -1,0 +1,1 @@
+//! Parameter-efficient fine-tuning: LoRA, BayesTune-LoRA, AdaLoRA, rank selection.
