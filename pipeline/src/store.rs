@@ -160,7 +160,11 @@ impl Store {
         let out = attempt.join("out");
         meta.outputs = digest_tree(&out)?;
         meta.output_digest = tree_digest(&meta.outputs);
-        write_json_synced(&attempt.join("meta.json"), meta)?;
+        let bytes =
+            serde_json::to_vec_pretty(meta).map_err(|e| PipelineError::Other(e.to_string()))?;
+        let meta_path = attempt.join("meta.json");
+        fs::write(&meta_path, bytes).at(&meta_path)?;
+        // One fsync per file and directory, then the rename publishes the whole instance.
         sync_tree(attempt)?;
         let dest = self.instance_dir(&meta.key);
         fs::create_dir_all(self.store_root()).at(self.store_root())?;
@@ -227,9 +231,16 @@ impl Store {
         Ok(())
     }
 
+    /// The index only informs `status`/`explain`; it is replaced atomically but not fsync'd.
     pub fn write_index(&self, entry: &IndexEntry) -> Result<()> {
         let path = self.index_path(&entry.instance);
-        write_json_synced(&path, entry)
+        let bytes =
+            serde_json::to_vec_pretty(entry).map_err(|e| PipelineError::Other(e.to_string()))?;
+        let dir = path.parent().expect("index path has a parent");
+        fs::create_dir_all(dir).at(dir)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        fs::write(&tmp, bytes).at(&tmp)?;
+        fs::rename(&tmp, &path).at(&path)
     }
 
     pub fn read_index(&self, instance: &str) -> Option<IndexEntry> {
@@ -382,7 +393,8 @@ fn sync_tree(root: &Path) -> Result<()> {
             let p = e.path();
             if e.file_type().at(&p)?.is_dir() {
                 stack.push(p);
-            } else {
+            } else if e.file_name() != "log.txt" {
+                // The log is diagnostics, not an artifact: losing its tail to a crash is fine.
                 File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
             }
         }
