@@ -1,1 +1,3 @@
 //! Manifest, DAG, content-addressed cache, executor and CLI.
+
+pub mod report;
