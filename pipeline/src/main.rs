@@ -1,1 +1,239 @@
-fn main() {}
+//! `pipeline`: runs FedP2EFT experiment manifests. Thin glue over the `pipeline` library: parse
+//! the command line, run the command, turn errors into one message and an exit code
+//! (2 = bad input, 1 = failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pipeline::executor::{self, RunOptions};
+use pipeline::manifest::Manifest;
+use pipeline::registry::Registry;
+use pipeline::{commands, export, kinds, PipelineError};
+
+#[derive(Parser)]
+#[command(name = "pipeline", version, about = "Reproducible FedP2EFT experiment pipeline", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ManifestArgs {
+    /// The YAML manifest describing the stages.
+    manifest: PathBuf,
+    /// Use this working directory instead of the manifest's `workdir`.
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the manifest's stages (cached instances are reused).
+    Run {
+        #[command(flatten)]
+        m: ManifestArgs,
+        /// Run only this stage and what it needs (repeatable).
+        #[arg(long = "stage", value_name = "NAME")]
+        stages: Vec<String>,
+        /// Recompute the `--stage` stages (or all stages) even when cached.
+        #[arg(long)]
+        force: bool,
+        /// Show what would run without running anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Instances to run at once.
+        #[arg(short = 'j', long = "jobs", default_value_t = 1, value_name = "N")]
+        jobs: usize,
+        /// Keep running independent branches after a failure (exit status is still non-zero).
+        #[arg(long)]
+        keep_going: bool,
+        /// No per-instance lines or bars, only the summary.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// State of every stage instance: done, stale (and why), missing, failed.
+    Status {
+        #[command(flatten)]
+        m: ManifestArgs,
+        /// One JSON object per instance (stage, instance, state, key, reason).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which components of a stage's cache key changed since its last run.
+    Explain {
+        #[command(flatten)]
+        m: ManifestArgs,
+        /// The stage to explain.
+        stage: String,
+    },
+    /// The stage graph, as text or Graphviz.
+    Dag {
+        #[command(flatten)]
+        m: ManifestArgs,
+        /// Graphviz dot output.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Re-hash every finished instance's artifacts; corrupt ones are invalidated.
+    Verify {
+        #[command(flatten)]
+        m: ManifestArgs,
+    },
+    /// Export all result tables of the run (and a table of instance costs) as CSV.
+    Export {
+        #[command(flatten)]
+        m: ManifestArgs,
+        /// Directory to write the CSV files into.
+        #[arg(long, value_name = "DIR")]
+        csv: PathBuf,
+    },
+    /// Delete the workdir, or only store entries the manifest no longer references.
+    Clean {
+        #[command(flatten)]
+        m: ManifestArgs,
+        /// Keep everything the current manifest uses.
+        #[arg(long)]
+        unreferenced: bool,
+    },
+    /// List the registered stage kinds.
+    Kinds,
+    /// Benchmarks (reported as ratios against a reference measured in the same run).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Executor overhead per no-op instance and `status` time on a large cached manifest.
+    Executor {
+        /// No-op instances to run.
+        #[arg(long, default_value_t = 1000)]
+        instances: usize,
+        /// Instances in the cached manifest `status` is timed on.
+        #[arg(long, default_value_t = 10_000)]
+        status_instances: usize,
+    },
+}
+
+fn load(m: &ManifestArgs, registry: &Registry) -> Result<Manifest, PipelineError> {
+    Manifest::load(&m.manifest, registry, m.workdir.as_deref())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = e
+                .downcast_ref::<PipelineError>()
+                .map(PipelineError::exit_code)
+                .unwrap_or(1);
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let registry = kinds::registry();
+    match cli.command {
+        Command::Run {
+            m,
+            stages,
+            force,
+            dry_run,
+            jobs,
+            keep_going,
+            quiet,
+        } => {
+            let manifest = load(&m, &registry)?;
+            let opts = RunOptions {
+                jobs,
+                keep_going,
+                stages,
+                force,
+                dry_run,
+                quiet,
+            };
+            let summary = executor::run(&manifest, &registry, &opts)?;
+            if dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (id, e) in &summary.failures {
+                eprintln!("failed: {id}: {e}");
+            }
+            if summary.blocked > 0 {
+                println!("{} not run (upstream failed)", summary.blocked);
+            }
+            println!("{}", summary.line());
+            if summary.failed > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Status { m, json } => {
+            let manifest = load(&m, &registry)?;
+            let statuses = commands::status(&manifest, &registry)?;
+            commands::print_status(&statuses, json);
+        }
+        Command::Explain { m, stage } => {
+            let manifest = load(&m, &registry)?;
+            for line in commands::explain(&manifest, &registry, &stage)? {
+                println!("{line}");
+            }
+        }
+        Command::Dag { m, dot } => {
+            let manifest = load(&m, &registry)?;
+            print!("{}", commands::dag(&manifest, &registry, dot)?);
+        }
+        Command::Verify { m } => {
+            let manifest = load(&m, &registry)?;
+            let report = commands::verify(&manifest, &registry)?;
+            for (id, problems) in &report.corrupt {
+                println!("corrupt {id} (invalidated; the next run recomputes it)");
+                for p in problems {
+                    println!("  {p}");
+                }
+            }
+            println!(
+                "{} instances checked, {} corrupt",
+                report.checked,
+                report.corrupt.len()
+            );
+            if !report.corrupt.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Export { m, csv } => {
+            let manifest = load(&m, &registry)?;
+            let files = export::export_csv(&manifest, &registry, &csv)
+                .with_context(|| format!("exporting to {}", csv.display()))?;
+            for f in &files {
+                println!("{}", f.display());
+            }
+        }
+        Command::Clean { m, unreferenced } => {
+            let manifest = load(&m, &registry)?;
+            let n = commands::clean(&manifest, &registry, unreferenced)?;
+            println!("removed {n} entries from {}", manifest.workdir.display());
+        }
+        Command::Bench { what } => match what {
+            BenchCommand::Executor {
+                instances,
+                status_instances,
+            } => println!(
+                "{}",
+                pipeline::bench::executor(instances, status_instances)?
+            ),
+        },
+        Command::Kinds => {
+            for k in registry.iter() {
+                println!("{:<28} v{}  {}", k.name(), k.version(), k.describe());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

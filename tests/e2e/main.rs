@@ -1,0 +1,6 @@
+//! End-to-end tests of the `pipeline` binary: caching, invalidation, resumption after
+//! `kill -9`, verification, and manifest errors.
+
+mod executor;
+mod manifest_errors;
+mod util;

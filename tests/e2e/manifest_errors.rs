@@ -1,0 +1,95 @@
+use crate::util::Sandbox;
+
+/// (manifest text, expected fragment of the message, expected line if the error has one)
+const CASES: &[(&str, &str, Option<usize>)] = &[
+    ("", "manifest is empty", None),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: \"unterminated\n", "found unexpected end of stream", Some(6)),
+    ("name: x\nseeed: 1\nstages: {}\n", "unknown field `seeed`", Some(2)),
+    ("name: x\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "missing field `seed`", None),
+    ("name: x\nseed: -4\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "seed", Some(2)),
+    ("name: x\nseed: 1\ndevice: gpu\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "field `device`: \"gpu\" is not one of cpu, auto, cuda:N", Some(3)),
+    ("name: x\nseed: 1\nstages: {}\n", "at least one stage", Some(3)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/nope\n", "unknown kind `test/nope`; known kinds: test/fail, test/fanout, test/rounds, test/write", Some(5)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    needs: [zzz]\n    params: {text: t}\n", "needs `zzz`, which is not a stage", Some(6)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    needs: [b]\n    params: {text: t}\n  b:\n    kind: test/write\n    needs: [a]\n    params: {text: t}\n", "the stages form a cycle: a -> b -> a", Some(4)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    needs: [a]\n", "stage `a` needs itself", Some(6)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    parms: {text: t}\n", "unknown field `parms`", Some(6)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: [1, 2]\n", "`params` must be a mapping", Some(6)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params:\n      txt: t\n", "unknown field `txt`", Some(7)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n    matrix:\n      budget: []\n", "matrix `budget` is an empty list", Some(8)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n    matrix:\n      seed: [1, x]\n", "matrix `seed` values must be non-negative integers", Some(8)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n    matrix:\n      client: all\n", "matrix key `client: all` is not supported by kind `test/write`", Some(8)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n    matrix:\n      text: [a, b]\n", "`text` is set both in `params` and in `matrix`", Some(8)),
+    ("name: x\nseed: 1\nstages:\n  a/b:\n    kind: test/write\n    params: {text: t}\n", "stage name \"a/b\"", Some(4)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/rounds\n    params:\n      rounds: 0\n", "`rounds` must be at least 1", Some(7)),
+    ("name: my run\nseed: 1\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "field `name`", Some(1)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n    matrix:\n      budget: [2, 2]\n", "lists 2 twice", Some(8)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n  a:\n    kind: test/write\n    params: {text: u}\n", "stage `a` is defined twice (lines 5 and 8)", Some(7)),
+    ("name: x\nseed: 1\ndevice: cuda:0\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "no CUDA support", Some(3)),
+];
+
+#[test]
+fn malformed_manifests_exit_2_naming_the_problem_and_write_nothing() {
+    assert!(CASES.len() >= 15);
+    for (n, (text, fragment, line)) in CASES.iter().enumerate() {
+        let s = Sandbox::new();
+        let file = format!("bad{n}.yaml");
+        // Prepending `workdir:` keeps every case's output inside the sandbox; it shifts lines by one.
+        let (body, shift) = if text.is_empty() {
+            (String::new(), 0)
+        } else {
+            (format!("workdir: wd\n{text}"), 1)
+        };
+        s.write(&file, &body);
+        for cmd in ["run", "status"] {
+            let r = s.run(&[cmd, &file]);
+            assert_eq!(r.code, Some(2), "case {n} ({cmd}): {r:#?}");
+            assert!(
+                r.stderr.contains(fragment),
+                "case {n}: expected {fragment:?} in:\n{}",
+                r.stderr
+            );
+            let at = match line {
+                Some(l) => format!("{file}:{}", l + shift),
+                None => file.clone(),
+            };
+            assert!(
+                r.stderr.contains(&at),
+                "case {n}: expected location {at:?} in:\n{}",
+                r.stderr
+            );
+            assert!(
+                !s.path().join("wd").exists(),
+                "case {n}: something was written"
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_manifest_and_bad_cli_exit_2() {
+    let s = Sandbox::new();
+    let r = s.run(&["run", "nope.yaml"]);
+    assert_eq!(r.code, Some(2));
+    assert!(
+        r.stderr.contains("nope.yaml: cannot read manifest"),
+        "{}",
+        r.stderr
+    );
+    let r = s.run(&["run"]);
+    assert_eq!(r.code, Some(2));
+    let r = s.run(&["frobnicate"]);
+    assert_eq!(r.code, Some(2));
+}
+
+#[test]
+fn every_command_has_help() {
+    let s = Sandbox::new();
+    for cmd in [
+        "run", "status", "explain", "dag", "verify", "export", "clean", "kinds",
+    ] {
+        let r = s.run(&[cmd, "--help"]);
+        r.ok();
+        assert!(r.stdout.contains("Usage: pipeline"), "{cmd}: {}", r.stdout);
+    }
+}

@@ -1,0 +1,115 @@
+//! Helpers for driving the real `pipeline` binary in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pipeline")
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// A command for the binary, run inside the sandbox with the test kinds enabled.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .current_dir(self.path())
+            .env("PIPELINE_TEST_KINDS", "1")
+            .env_remove("FEDP2EFT_DATA");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().expect("spawn pipeline");
+        Run::from(out)
+    }
+
+    /// `store/` of a workdir: key → (relative path → bytes) of every artifact under `out/`.
+    pub fn artifacts(&self, workdir: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut map = std::collections::BTreeMap::new();
+        let store = self.path().join(workdir).join("store");
+        let Ok(entries) = std::fs::read_dir(&store) else {
+            return map;
+        };
+        for e in entries.flatten() {
+            let key = e.file_name().to_string_lossy().to_string();
+            collect(&e.path().join("out"), &e.path().join("out"), &key, &mut map);
+        }
+        map
+    }
+}
+
+fn collect(
+    root: &Path,
+    dir: &Path,
+    key: &str,
+    map: &mut std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(root, &p, key, map);
+        } else {
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            map.insert(format!("{key}/{rel}"), std::fs::read(&p).unwrap());
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&o.stderr).to_string(),
+        }
+    }
+}
+
+impl Run {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, Some(0), "expected success:\n{self:#?}");
+        self
+    }
+
+    /// The run's closing summary line.
+    pub fn summary(&self) -> &str {
+        self.stdout
+            .lines()
+            .rev()
+            .find(|l| l.contains(" executed, "))
+            .unwrap_or_else(|| panic!("no summary line:\n{self:#?}"))
+    }
+}
