@@ -442,6 +442,35 @@ mod tests {
     }
 
     #[test]
+    fn reads_generation_and_rank_csv() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "gen.csv",
+            "language,client_id,seed,budget,method,base_model,pool,dataset,meteor,rougeL,rouge1\n\
+             te,12,42,16,fedl2p,pretrained,unseen,fed_aya,0.25,0.125,0.5\n",
+        );
+        let g = read_generation_scores(&p).unwrap();
+        assert_eq!(
+            (g[0].method, g[0].pool, g[0].budget, g[0].seed),
+            (Method::FedL2p, Pool::Unseen, 16, 42)
+        );
+        assert_eq!((g[0].meteor, g[0].rouge_l, g[0].rouge1), (0.25, 0.125, 0.5));
+        let p = write(
+            dir.path(),
+            "ranks.csv",
+            "method,budget,client_id,language,module,rank\n\
+             fedp2eft,2,3,amh,bert.encoder.layer.3.intermediate.dense,4\n\
+             fedp2eft,2,3,amh,classifier,-1\n",
+        );
+        let err = read_rank_records(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("row 2") && err.contains("`rank`") && err.contains("`-1`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unsupported_extension_is_rejected() {
         let err = read_rank_records(Path::new("ranks.json"))
             .unwrap_err()
