@@ -22,7 +22,7 @@ pub struct BudgetCurve {
 /// Curves of `metric` from `table`. Each point is the unweighted mean over the languages that
 /// every row of the table has a value for, so methods are compared on the same languages;
 /// returns those languages too.
-fn budget_curves(
+pub fn budget_curves(
     table: &ResultTable,
     metric: Metric,
 ) -> Result<(Vec<BudgetCurve>, Vec<String>), ReportError> {

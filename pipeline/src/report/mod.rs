@@ -21,7 +21,7 @@ mod stats;
 mod table_csv;
 mod write_all;
 
-pub use budget_curve::{plot_metric_vs_budget, BudgetCurve};
+pub use budget_curve::{budget_curves, plot_metric_vs_budget, BudgetCurve};
 pub use cost::{cost_table, write_cost_table, CostRow};
 pub use error::ReportError;
 pub use lambda_distance::{
