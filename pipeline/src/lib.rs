@@ -17,6 +17,7 @@ pub mod matrix;
 pub mod plan;
 pub mod progress;
 pub mod registry;
+pub mod report;
 pub mod store;
 pub mod timefmt;
 
