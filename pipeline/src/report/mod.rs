@@ -7,6 +7,7 @@
 //! about the cache, the manifest or where stages keep their outputs.
 
 mod budget_curve;
+mod client_sizes;
 mod cost;
 mod error;
 mod files;
@@ -22,6 +23,7 @@ mod table_csv;
 mod write_all;
 
 pub use budget_curve::{budget_curves, plot_metric_vs_budget, BudgetCurve};
+pub use client_sizes::{plot_client_sizes, PoolSizes};
 pub use cost::{cost_table, write_cost_table, CostRow};
 pub use error::ReportError;
 pub use lambda_distance::{
