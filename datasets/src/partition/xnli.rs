@@ -25,8 +25,8 @@ pub fn partition_xnli(dir: &Path, cfg: &XnliConfig, seed: u64) -> Result<Partiti
     cfg.validate()?;
     let mut sources: BTreeMap<XnliSplit, BTreeMap<String, Vec<NliRecord>>> = BTreeMap::new();
     for split in [cfg.train_from, cfg.test_from] {
-        if !sources.contains_key(&split) {
-            sources.insert(split, read_split(dir, cfg.format, split, &cfg.languages)?);
+        if let std::collections::btree_map::Entry::Vacant(slot) = sources.entry(split) {
+            slot.insert(read_split(dir, cfg.format, split, &cfg.languages)?);
         }
     }
     let (tr, te) = (cfg.train_rows_per_pool, cfg.test_rows_per_pool);

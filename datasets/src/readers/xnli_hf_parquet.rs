@@ -125,16 +125,16 @@ pub fn read_hf_parquet(
                 .ok_or_else(|| missing(path, &format!("premise.{l}"), found()))?;
             premises.push(strings(path, c.as_ref(), &format!("premise.{l}"))?);
         }
-        for i in 0..batch.num_rows() {
+        for (i, &raw_label) in labels.iter().enumerate() {
             record += 1;
-            let label_id = usize::try_from(labels[i])
+            let label_id = usize::try_from(raw_label)
                 .ok()
                 .filter(|&l| l < XNLI_LABELS.len())
                 .ok_or_else(|| DatasetError::UnknownLabel {
                     path: path.into(),
                     record,
                     line: 0,
-                    label: labels[i].to_string(),
+                    label: raw_label.to_string(),
                     known: "0 (entailment), 1 (neutral), 2 (contradiction)".into(),
                 })? as u32;
             let langs_i = h_lang.value(i);
