@@ -195,3 +195,76 @@ fn aya_test_sets_real_file() {
         .starts_with("While often confused with llamas"));
     assert_eq!(rows[20].response, "Alpaca");
 }
+
+#[test]
+fn xnli_hf_parquet_export() {
+    use arrow::array::{
+        ArrayRef, Int64Array, ListBuilder, StringArray, StringBuilder, StructArray,
+    };
+    use arrow::datatypes::{DataType, Field};
+    use std::sync::Arc;
+    // HF `xnli/all_languages` schema: premise struct, hypothesis struct of two lists, int label.
+    let premise = StructArray::from(vec![
+        (
+            Arc::new(Field::new("de", DataType::Utf8, true)),
+            Arc::new(StringArray::from(vec!["P-de", "Q-de"])) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("en", DataType::Utf8, true)),
+            Arc::new(StringArray::from(vec!["P-en", "Q-en"])) as ArrayRef,
+        ),
+    ]);
+    let mut lang = ListBuilder::new(StringBuilder::new());
+    let mut text = ListBuilder::new(StringBuilder::new());
+    for row in [["H", "I"], ["J", "K"]] {
+        for (l, t) in ["de", "en"].iter().zip(row) {
+            lang.values().append_value(l);
+            text.values().append_value(format!("{t}-{l}"));
+        }
+        lang.append(true);
+        text.append(true);
+    }
+    let lang: ArrayRef = Arc::new(lang.finish());
+    let text: ArrayRef = Arc::new(text.finish());
+    let hypothesis = StructArray::from(vec![
+        (
+            Arc::new(Field::new("language", lang.data_type().clone(), true)),
+            lang,
+        ),
+        (
+            Arc::new(Field::new("translation", text.data_type().clone(), true)),
+            text,
+        ),
+    ]);
+    let batch = arrow::array::RecordBatch::try_from_iter(vec![
+        ("premise", Arc::new(premise) as ArrayRef),
+        ("hypothesis", Arc::new(hypothesis) as ArrayRef),
+        ("label", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+    ])
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = fs::File::create(tmp.path().join("test.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let langs = vec!["en".to_string(), "de".to_string()];
+    let got = xnli::read_split(
+        tmp.path(),
+        XnliFormat::HfAllLanguagesParquet,
+        XnliSplit::Test,
+        &langs,
+    )
+    .unwrap();
+    assert_eq!(got["en"][1].premise, "Q-en");
+    assert_eq!(got["en"][1].hypothesis, "K-en");
+    assert_eq!(got["de"][0].hypothesis, "H-de");
+    assert_eq!(got["de"][1].label_id, 2);
+    let missing = xnli::read_split(
+        tmp.path(),
+        XnliFormat::HfAllLanguagesParquet,
+        XnliSplit::Test,
+        &["fr".to_string()],
+    )
+    .unwrap_err();
+    assert!(missing.to_string().contains("premise.fr"), "{missing}");
+}
