@@ -49,6 +49,7 @@ stage_error_from!(
     std::io::Error,
     serde_json::Error,
     crate::error::PipelineError,
+    datasets::DatasetError,
 );
 
 /// Everything a kind may look at to enumerate `matrix: {key: all}` values or external files.

@@ -1,9 +1,8 @@
 //! The stage kinds this binary ships, registered by name.
 
-use std::sync::Arc;
-
 use crate::registry::Registry;
 
+pub mod partition;
 pub mod testing;
 
 /// Environment variable that also registers the executor's test kinds (`test/*`). They exist for
@@ -12,16 +11,9 @@ pub const TEST_KINDS_ENV: &str = "PIPELINE_TEST_KINDS";
 
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    let _ = &mut r;
+    partition::register(&mut r);
     if std::env::var_os(TEST_KINDS_ENV).is_some_and(|v| v == "1") {
         testing::register(&mut r);
     }
     r
-}
-
-#[allow(dead_code)]
-fn register_all(r: &mut Registry, kinds: Vec<Arc<dyn crate::registry::StageKind>>) {
-    for k in kinds {
-        r.register(k);
-    }
 }
