@@ -8,6 +8,10 @@
 pub mod import;
 pub mod metrics;
 pub mod model;
+pub mod nn;
 pub mod optim;
+pub mod params;
 pub mod peft;
+pub mod psg;
 pub mod rng;
+pub mod train;
