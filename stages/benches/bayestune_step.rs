@@ -13,6 +13,9 @@ use stages::optim::{Adam, AdamConfig, ParamGroup};
 use stages::peft::bayestune::{self, BayesTuneConfig};
 use stages::train::{self, ClassifierBatch, Clip, Regulariser};
 
+/// Named trainable parameters.
+type Named = Vec<(String, Var)>;
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -67,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         input,
         labels: Tensor::from_vec(labels, batch, &dev)?,
     };
-    let (ab, lam): (Vec<(String, Var)>, Vec<(String, Var)>) = store
+    let (ab, lam): (Named, Named) = store
         .trainable()
         .into_iter()
         .partition(|(n, _)| !n.ends_with("lora_lambda"));

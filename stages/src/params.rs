@@ -65,7 +65,7 @@ impl Param {
 }
 
 /// Parameters by name, iterated in name order (deterministic).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ParamStore {
     entries: BTreeMap<String, Param>,
     device: Device,
@@ -347,7 +347,7 @@ pub fn fedavg(clients: &[(HashMap<String, Tensor>, f64)]) -> Result<HashMap<Stri
         .first()
         .ok_or_else(|| ParamError::Average("no client updates to average".into()))?;
     let total: f64 = clients.iter().map(|(_, w)| *w).sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return Err(ParamError::Average(format!(
             "sum of client weights must be positive, got {total}"
         )));
