@@ -1,0 +1,79 @@
+//! Differentiable tensor operations built from candle primitives (which all have gradients).
+
+use candle_core::{Result, Tensor, D};
+
+/// `x · Wᵀ + b` for `x` of shape (…, in) and `W` of shape (out, in), as `torch.nn.Linear`.
+/// Leading dimensions are flattened so one 2-D GEMM runs with `Wᵀ` as a strided view (no copy).
+pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = xs.dims().to_vec();
+    let in_dim = *dims
+        .last()
+        .expect("linear input has at least one dimension");
+    let rows = xs.elem_count() / in_dim.max(1);
+    let x2 = xs.reshape((rows, in_dim))?;
+    let mut y = x2.matmul(&weight.t()?)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(b)?;
+    }
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("non-empty") = weight.dim(0)?;
+    y.reshape(out_dims)
+}
+
+/// `torch.nn.LayerNorm` over the last dimension (biased variance, eps inside the sqrt).
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let centered = xs.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension with max subtraction; differentiable (candle-nn's fused
+/// `softmax_last_dim` has no backward).
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(xs, D::Minus1)
+}
+
+/// Clamp to [lo, hi] in the forward pass with a straight-through (identity) gradient, like the
+/// reference's `ClampSTE` (PAPER_NOTES §3, §5). Written as `x + detach(clamp(x) − x)`: where no
+/// clamping happens the added term is exactly 0, so the value is bit-exact; where it clamps the
+/// value may differ from `lo`/`hi` by one rounding (≤ 1 ulp of the bound).
+pub fn ste_clamp(xs: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+    let clamped = xs.clamp(lo, hi)?;
+    let delta = (clamped - xs)?.detach();
+    xs + delta
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn ste_clamp_passes_gradient_through() {
+        let x = Var::from_slice(&[1e-6f32, 0.5, 2000.0], 3, &Device::Cpu).unwrap();
+        let y = ste_clamp(x.as_tensor(), 1e-4, 1000.0).unwrap();
+        let v: Vec<f32> = y.to_vec1().unwrap();
+        assert!((v[0] - 1e-4).abs() < 1e-10 && v[1] == 0.5 && v[2] == 1000.0);
+        let g = (y * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
+        let gv: Vec<f32> = g.get(x.as_tensor()).unwrap().to_vec1().unwrap();
+        assert_eq!(gv, vec![3.0, 3.0, 3.0]);
+    }
+
+    #[test]
+    fn layer_norm_normalises() {
+        let x = Tensor::new(&[[1f32, 2.0, 3.0, 6.0]], &Device::Cpu).unwrap();
+        let w = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let y: Vec<f32> = layer_norm(&x, &w, &b, 0.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mean: f32 = y.iter().sum::<f32>() / 4.0;
+        let var: f32 = y.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 4.0;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,63 @@
+//! Gradient-norm clipping with `torch.nn.utils.clip_grad_norm_` semantics: total 2-norm over
+//! the given parameters' gradients, coef = max_norm / (norm + 1e-6) clamped to 1, every
+//! gradient multiplied by coef (in place in the `GradStore`).
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Var};
+
+use super::Result;
+
+/// Clips the gradients of `vars` in `grads`; returns the total norm before clipping.
+/// Parameters without gradient are ignored (as PyTorch ignores `grad is None`).
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[&Var], max_norm: f64) -> Result<f64> {
+    // Per-tensor 2-norms, then the 2-norm of those (PyTorch's order of reduction), in f32.
+    let mut sq = 0f32;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            let n = g
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .sqrt()?
+                .to_scalar::<f32>()?;
+            sq += n * n;
+        }
+    }
+    let total = sq.sqrt();
+    let coef = (max_norm as f32 / (total + 1e-6)).min(1.0);
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            let scaled = (g * f64::from(coef))?;
+            grads.insert(v.as_tensor(), scaled);
+        }
+    }
+    Ok(f64::from(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn clips_to_max_norm_and_leaves_small_gradients() {
+        let a = Var::from_slice(&[1f32, 1.0], 2, &Device::Cpu).unwrap();
+        let b = Var::from_slice(&[1f32], 1, &Device::Cpu).unwrap();
+        // grad a = (3, 4), grad b = (12): total norm 13.
+        let loss = ((a.as_tensor() * Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + (b.as_tensor() * 12.0).unwrap().sum_all().unwrap())
+        .unwrap();
+        let mut g = loss.backward().unwrap();
+        let n = clip_grad_norm(&mut g, &[&a, &b], 1.0).unwrap();
+        assert!((n - 13.0).abs() < 1e-5);
+        let ga: Vec<f32> = g.get(a.as_tensor()).unwrap().to_vec1().unwrap();
+        assert!((ga[0] - 3.0 / 13.0).abs() < 1e-6);
+        let n2 = clip_grad_norm(&mut g, &[&a, &b], 5.0).unwrap();
+        assert!((n2 - 1.0).abs() < 1e-5);
+        let ga2: Vec<f32> = g.get(a.as_tensor()).unwrap().to_vec1().unwrap();
+        assert_eq!(ga, ga2);
+    }
+}
