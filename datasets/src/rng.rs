@@ -119,6 +119,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn name_and_index_parts_do_not_alias() {
+        assert_ne!(
+            derive_seed(0, &[SeedPart::Name("\u{1}")]),
+            derive_seed(0, &[SeedPart::Index(1)])
+        );
+    }
+
+    #[test]
     fn derived_seeds_differ_by_path_and_are_stable() {
         let a = derive_seed(42, &["ab".into(), "c".into()]);
         let b = derive_seed(42, &["a".into(), "bc".into()]);

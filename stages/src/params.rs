@@ -5,7 +5,7 @@
 //! full fine-tuning (everything), adapters only (`*lora_*`), DEPT (everything but
 //! `*_embeddings*`), FedDPA-T (global vs local adapters). Models are built from the store and
 //! keep clones of the same storage, so an optimiser updating a `Var` updates the model in place.
-//! Any named subset can be exported/imported as safetensors; [`fedavg`] averages named tensors.
+//! Any named subset can be exported/imported as safetensors; FedAvg lives in [`crate::fl::aggregate`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -35,8 +35,6 @@ pub enum ParamError {
     },
     #[error("safetensors serialisation: {0}")]
     Serialize(String),
-    #[error("fedavg: {0}")]
-    Average(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -339,52 +337,6 @@ impl safetensors::View for &HostTensor {
     }
 }
 
-/// FedAvg aggregation: Σ_c w_c · θ_c / Σ_c w_c over clients' named tensors (weights = sample
-/// counts, PAPER_NOTES §2). Every client must carry the same names and shapes. Accumulates in
-/// f64 in client order, so the result is independent of thread timing.
-pub fn fedavg(clients: &[(HashMap<String, Tensor>, f64)]) -> Result<HashMap<String, Tensor>> {
-    let (first, _) = clients
-        .first()
-        .ok_or_else(|| ParamError::Average("no client updates to average".into()))?;
-    let total: f64 = clients.iter().map(|(_, w)| *w).sum();
-    if total.is_nan() || total <= 0.0 {
-        return Err(ParamError::Average(format!(
-            "sum of client weights must be positive, got {total}"
-        )));
-    }
-    let mut names: Vec<&String> = first.keys().collect();
-    names.sort();
-    let mut out = HashMap::new();
-    for name in names {
-        let proto = &first[name];
-        let mut acc = Tensor::zeros(proto.shape(), DType::F64, proto.device())?;
-        for (ci, (tensors, w)) in clients.iter().enumerate() {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| ParamError::Average(format!("client {ci} lacks tensor `{name}`")))?;
-            if t.dims() != proto.dims() {
-                return Err(ParamError::Shape {
-                    name: name.clone(),
-                    expected: proto.dims().to_vec(),
-                    found: t.dims().to_vec(),
-                });
-            }
-            acc = (acc + (t.to_dtype(DType::F64)? * (*w / total))?)?;
-        }
-        out.insert(name.clone(), acc.to_dtype(proto.dtype())?);
-    }
-    for (ci, (tensors, _)) in clients.iter().enumerate() {
-        if tensors.len() != first.len() {
-            return Err(ParamError::Average(format!(
-                "client {ci} has {} tensors, client 0 has {}",
-                tensors.len(),
-                first.len()
-            )));
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,16 +374,5 @@ mod tests {
         assert_eq!(held.to_vec1::<f32>().unwrap(), vec![5.0, 6.0]);
         upd.insert("a".to_string(), t(&[1.0]));
         assert!(matches!(s.assign(&upd), Err(ParamError::Shape { .. })));
-    }
-
-    #[test]
-    fn fedavg_weights_by_sample_count() {
-        let mut a = HashMap::new();
-        a.insert("w".to_string(), t(&[1.0, 0.0]));
-        let mut b = HashMap::new();
-        b.insert("w".to_string(), t(&[4.0, 3.0]));
-        let avg = fedavg(&[(a, 2.0), (b, 1.0)]).unwrap();
-        assert_eq!(avg["w"].to_vec1::<f32>().unwrap(), vec![2.0, 1.0]);
-        assert!(fedavg(&[]).is_err());
     }
 }

@@ -41,13 +41,14 @@ impl Figure for SizeHistogram<'_> {
             })
             .collect();
         let y_max = counts.iter().flatten().copied().max().unwrap_or(1).max(1);
-        let x_max = self.bin * self.bins;
+        // One empty bin of margin on the right so the last bars are not clipped.
+        let x_max = (self.bin * (self.bins + 1)) as f64;
         let mut chart = ChartBuilder::on(area)
             .caption(self.title, (FONT, 22))
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(55)
-            .build_cartesian_2d(0usize..x_max, 0usize..(y_max + y_max / 10 + 1))
+            .build_cartesian_2d(0f64..x_max, 0usize..(y_max + y_max / 10 + 1))
             .map_err(e)?;
         chart
             .configure_mesh()
@@ -61,10 +62,10 @@ impl Figure for SizeHistogram<'_> {
         for (i, (pool, c)) in self.pools.iter().zip(&counts).enumerate() {
             let colour = series_colour(i);
             // Side-by-side bars inside each bin, one slot per pool.
-            let slot = (self.bin / n).max(1);
+            let slot = self.bin as f64 / n as f64;
             let bars = c.iter().enumerate().filter(|(_, &v)| v > 0).map(|(b, &v)| {
-                let x0 = b * self.bin + i * slot;
-                Rectangle::new([(x0, 0), (x0 + slot, v)], colour.mix(0.8).filled())
+                let x0 = (b * self.bin) as f64 + i as f64 * slot;
+                Rectangle::new([(x0, 0), (x0 + slot * 0.9, v)], colour.mix(0.8).filled())
             });
             chart
                 .draw_series(bars)
