@@ -5,9 +5,11 @@
 //! inputs (tensors, examples, seeds, directories chosen by the caller) and returns values.
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
+pub mod generate;
 pub mod import;
 pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod peft;
 pub mod rng;
+pub mod tokenize;

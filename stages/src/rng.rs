@@ -86,7 +86,10 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
-        assert_eq!(a, derive_seed(42, &["fl".into(), 1u64.into(), "sample".into()]));
+        assert_eq!(
+            a,
+            derive_seed(42, &["fl".into(), 1u64.into(), "sample".into()])
+        );
     }
 
     #[test]
