@@ -124,6 +124,50 @@ pub fn create_random_llama(
     Ok(())
 }
 
+/// Grows the vocabulary to `new_vocab` rows (e.g. after adding the `<pad>` token of the
+/// Llama-3 recipe, PAPER_NOTES §1): new rows of `model.embed_tokens.weight` and, if untied,
+/// `lm_head.weight` are the mean of the existing rows — the mean HF's
+/// `resize_token_embeddings(mean_resizing=True)` centres its (1e-9-variance) draw on, taken
+/// exactly so the result is deterministic. `cfg.vocab_size` is updated.
+pub fn resize_vocab(
+    tensors: &mut HashMap<String, Tensor>,
+    cfg: &mut LlamaConfig,
+    new_vocab: usize,
+) -> Result<(), LlamaIoError> {
+    let err = |message: String| LlamaIoError::Model {
+        dir: "<resize vocabulary>".into(),
+        message,
+    };
+    if new_vocab < cfg.vocab_size {
+        return Err(err(format!(
+            "cannot shrink the vocabulary from {} to {new_vocab}",
+            cfg.vocab_size
+        )));
+    }
+    let extra = new_vocab - cfg.vocab_size;
+    if extra == 0 {
+        return Ok(());
+    }
+    let mut names = vec!["model.embed_tokens.weight"];
+    if !cfg.tie_word_embeddings {
+        names.push("lm_head.weight");
+    }
+    for name in names {
+        let w = tensors
+            .get(name)
+            .ok_or_else(|| err(format!("missing tensor {name}")))?;
+        let grown = (|| {
+            let mean = w.mean_keepdim(0)?;
+            let rows = mean.broadcast_as((extra, w.dim(1)?))?.contiguous()?;
+            Tensor::cat(&[w, &rows], 0)
+        })()
+        .map_err(|e| err(format!("{name}: {e}")))?;
+        tensors.insert(name.to_string(), grown);
+    }
+    cfg.vocab_size = new_vocab;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +220,29 @@ mod tests {
         let out = generate_greedy(&model, &ids, &mask, &cfg).unwrap();
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|r| !r.is_empty() && r.len() <= 4));
+    }
+
+    #[test]
+    fn resize_vocab_appends_mean_rows() {
+        let mut cfg = tiny_config(6);
+        let mut t = random_llama_weights(&cfg, 3).unwrap();
+        let old = t["lm_head.weight"].clone();
+        resize_vocab(&mut t, &mut cfg, 8).unwrap();
+        assert_eq!(cfg.vocab_size, 8);
+        let w = &t["lm_head.weight"];
+        assert_eq!(w.dims(), &[8, 32]);
+        let mean: Vec<f32> = old
+            .mean_keepdim(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(w.get(7).unwrap().to_vec1::<f32>().unwrap(), mean);
+        assert_eq!(t["model.embed_tokens.weight"].dims(), &[8, 32]);
+        let vb = VarBuilder::from_tensors(t, DType::F32, &Device::Cpu);
+        LlamaForCausalLM::load(vb, &cfg).unwrap();
+        assert!(resize_vocab(&mut HashMap::new(), &mut cfg, 4).is_err());
     }
 
     #[test]
