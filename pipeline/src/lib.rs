@@ -20,5 +20,6 @@ pub mod registry;
 pub mod report;
 pub mod store;
 pub mod timefmt;
+pub mod tools;
 
 pub use error::{PipelineError, Result};

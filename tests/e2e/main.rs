@@ -3,4 +3,5 @@
 
 mod executor;
 mod manifest_errors;
+mod tools;
 mod util;

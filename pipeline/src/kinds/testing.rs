@@ -94,7 +94,9 @@ struct RoundsState {
     next_round: u32,
     rng_seed: [u8; 32],
     rng_word_pos: u128,
-    acc: Vec<f64>,
+    /// f64 bit patterns: serde_json's float parsing is not guaranteed to round-trip exactly,
+    /// and a checkpoint must restore the state bit for bit.
+    acc_bits: Vec<u64>,
     log: Vec<String>,
 }
 
@@ -131,7 +133,7 @@ impl StageKind for Rounds {
                     next_round: 0,
                     rng_seed: rng.get_seed(),
                     rng_word_pos: rng.get_word_pos(),
-                    acc: vec![0.0; p.width],
+                    acc_bits: vec![0f64.to_bits(); p.width],
                     log: Vec::new(),
                 }
             }
@@ -141,24 +143,21 @@ impl StageKind for Rounds {
         while state.next_round < p.rounds {
             let mut rng = ChaCha8Rng::from_seed(state.rng_seed);
             rng.set_word_pos(state.rng_word_pos);
-            for a in state.acc.iter_mut() {
-                *a = (*a * 0.5 + rng.random::<f64>()).sin();
+            for a in state.acc_bits.iter_mut() {
+                *a = (f64::from_bits(*a) * 0.5 + rng.random::<f64>())
+                    .sin()
+                    .to_bits();
             }
             std::thread::sleep(std::time::Duration::from_millis(p.sleep_ms));
-            state
-                .log
-                .push(format!("{},{:.17e}", state.next_round, state.acc[0]));
+            let acc0 = f64::from_bits(state.acc_bits[0]);
+            state.log.push(format!("{},{acc0:.17e}", state.next_round));
             state.rng_word_pos = rng.get_word_pos();
             state.next_round += 1;
             ctx.checkpoint(&serde_json::to_vec(&state)?)?;
             bar.inc(1);
         }
         let inputs = read_inputs(ctx)?;
-        let bits: Vec<String> = state
-            .acc
-            .iter()
-            .map(|a| format!("{:016x}", a.to_bits()))
-            .collect();
+        let bits: Vec<String> = state.acc_bits.iter().map(|a| format!("{a:016x}")).collect();
         std::fs::write(
             ctx.out_dir().join("value.txt"),
             format!("{} {inputs}\n", bits.join("")),

@@ -104,7 +104,9 @@ impl BertConfig {
             position_embedding_type: "absolute".into(),
             classifier_dropout: None,
             id2label: None,
-            extra: serde_json::Map::new(),
+            extra: [("model_type".to_string(), serde_json::Value::from("bert"))]
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -334,7 +336,12 @@ pub fn save_pretrained(store: &ParamStore, cfg: &BertConfig, dir: &Path) -> Resu
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    let json = serde_json::to_string_pretty(cfg).map_err(|source| BertError::Config {
+    // HF tools (and `predict`) dispatch on `model_type`; configs we create have none yet.
+    let mut cfg = cfg.clone();
+    cfg.extra
+        .entry("model_type")
+        .or_insert_with(|| serde_json::Value::String("bert".into()));
+    let json = serde_json::to_string_pretty(&cfg).map_err(|source| BertError::Config {
         path: dir.join("config.json"),
         source,
     })?;
