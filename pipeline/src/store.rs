@@ -19,10 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::error::{IoContext, PipelineError, Result};
-use crate::key::{file_digest, InputRef, KeyComponents};
+use crate::key::{file_digest, KeyComponents};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileDigest {
@@ -36,13 +35,10 @@ pub struct Meta {
     pub key: String,
     pub stage: String,
     pub instance: String,
-    pub kind: String,
-    pub code_version: String,
-    pub params: Value,
-    pub seed: u64,
-    pub device: String,
-    pub inputs: BTreeMap<String, Vec<InputRef>>,
-    pub external: BTreeMap<String, String>,
+    /// Everything the key was computed from (kind, code version, params, seed, device,
+    /// input and data-file digests).
+    #[serde(flatten)]
+    pub components: KeyComponents,
     /// Artifact path (relative to `out/`) → digest.
     pub outputs: BTreeMap<String, FileDigest>,
     /// Digest over all outputs: what dependents' keys see.
@@ -59,20 +55,6 @@ pub struct Meta {
     pub error: Option<String>,
     /// Whether the stage continued from a checkpoint of an interrupted attempt.
     pub resumed: bool,
-}
-
-impl Meta {
-    pub fn components(&self) -> KeyComponents {
-        KeyComponents {
-            kind: self.kind.clone(),
-            code_version: self.code_version.clone(),
-            params: self.params.clone(),
-            seed: self.seed,
-            device: self.device.clone(),
-            inputs: self.inputs.clone(),
-            external: self.external.clone(),
-        }
-    }
 }
 
 /// Last key computed for an instance id, so `status` can say why an instance is stale.
