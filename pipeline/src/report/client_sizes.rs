@@ -53,6 +53,7 @@ impl Figure for SizeHistogram<'_> {
         chart
             .configure_mesh()
             .x_desc("train examples per client")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("clients")
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
