@@ -16,5 +16,5 @@ pub mod params;
 pub mod peft;
 pub mod psg;
 pub mod rng;
-pub mod train;
 pub mod tokenize;
+pub mod train;
