@@ -9,7 +9,7 @@ const CASES: &[(&str, &str, Option<usize>)] = &[
     ("name: x\nseed: -4\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "seed", Some(2)),
     ("name: x\nseed: 1\ndevice: gpu\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "field `device`: \"gpu\" is not one of cpu, auto, cuda:N", Some(3)),
     ("name: x\nseed: 1\nstages: {}\n", "at least one stage", Some(3)),
-    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/nope\n", "unknown kind `test/nope`; known kinds: test/fail, test/fanout, test/rounds, test/write", Some(5)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/nope\n", "unknown kind `test/nope`; known kinds: ", Some(5)),
     ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    needs: [zzz]\n    params: {text: t}\n", "needs `zzz`, which is not a stage", Some(6)),
     ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    needs: [b]\n    params: {text: t}\n  b:\n    kind: test/write\n    needs: [a]\n    params: {text: t}\n", "the stages form a cycle: a -> b -> a", Some(4)),
     ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    needs: [a]\n", "stage `a` needs itself", Some(6)),

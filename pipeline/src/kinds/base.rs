@@ -1,0 +1,304 @@
+//! `base/*` stage kinds (PAPER_NOTES §2): the base model every personalization method starts
+//! from. `base/fedavg` trains BERT classification with Standard FL on the seen pool of the
+//! upstream partition; `base/pretrained` is the model off the shelf. Both write `model/` in HF
+//! layout (config.json, model.safetensors, tokenizer.json); FedAvg also writes `rounds.csv`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datasets::{PoolReader, Split};
+use serde::Deserialize;
+use serde_json::Value;
+use stages::base_model::{
+    build_classifier, copy_model_dir, device_from_name, save_classifier, train_fedavg, FedAvgRun,
+    ModelSource,
+};
+use stages::fl::{rounds_csv, EngineConfig, EngineState, LocalSgdConfig};
+
+use crate::context::StageContext;
+use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
+
+pub fn register(r: &mut Registry) {
+    r.register(Arc::new(FedAvgKind));
+    r.register(Arc::new(PretrainedKind));
+}
+
+// Paper defaults (PAPER_NOTES §2, App. A.3): 100 rounds, 10% of clients, lr 5e-5, AdamW wd 0,
+// 2 local epochs, batch 32, sequence length 128 (XNLI; MasakhaNEWS sets 256).
+fn default_rounds() -> u64 {
+    100
+}
+fn default_fraction() -> f64 {
+    0.1
+}
+fn default_min_clients() -> usize {
+    1
+}
+fn default_lr() -> f64 {
+    5e-5
+}
+fn default_epochs() -> usize {
+    2
+}
+fn default_batch() -> usize {
+    32
+}
+fn default_max_len() -> usize {
+    128
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FedAvgParams {
+    model: ModelSource,
+    #[serde(default = "default_rounds")]
+    rounds: u64,
+    #[serde(default = "default_fraction")]
+    fraction: f64,
+    #[serde(default = "default_min_clients")]
+    min_clients: usize,
+    #[serde(default = "default_lr")]
+    lr: f64,
+    #[serde(default)]
+    weight_decay: f64,
+    #[serde(default = "default_epochs")]
+    local_epochs: usize,
+    #[serde(default = "default_batch")]
+    batch_size: usize,
+    #[serde(default = "default_max_len")]
+    max_len: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PretrainedParams {
+    model: ModelSource,
+    #[serde(default = "default_max_len")]
+    max_len: usize,
+}
+
+fn check_model(m: &ModelSource, max_len: usize) -> Result<(), ParamError> {
+    if let ModelSource::Tiny(t) = m {
+        if t.hidden == 0 || t.heads == 0 || t.hidden % t.heads != 0 {
+            return Err(ParamError::new(
+                Some("model"),
+                format!(
+                    "tiny.hidden ({}) must be a positive multiple of tiny.heads ({})",
+                    t.hidden, t.heads
+                ),
+            ));
+        }
+        if t.layers == 0 || t.intermediate == 0 || t.vocab_size < 10 {
+            return Err(ParamError::new(
+                Some("model"),
+                "tiny.layers and tiny.intermediate must be ≥ 1 and tiny.vocab_size ≥ 10",
+            ));
+        }
+    }
+    if max_len < 4 {
+        return Err(ParamError::new(Some("max_len"), "`max_len` must be ≥ 4"));
+    }
+    Ok(())
+}
+
+fn model_files(m: &ModelSource) -> Result<Vec<PathBuf>, StageError> {
+    let files = m.files();
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(StageError::msg(format!(
+            "model file {} not found (model.dir must be an HF-layout directory)",
+            missing.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// The seen pool of the single upstream partition.
+fn seen_pool(ctx: &StageContext) -> Result<PoolReader, StageError> {
+    let part = ctx.single_input_of_kind("partition/")?;
+    Ok(PoolReader::open(part.dir.join("seen.parquet"))?)
+}
+
+/// Every seen client's training texts (text_a, and text_b when present), for the tiny
+/// tokenizer.
+fn train_texts(pool: &PoolReader) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for c in pool.clients() {
+        for e in pool
+            .load_client(c.client_id, Split::Train)
+            .map_err(|e| e.to_string())?
+        {
+            out.push(e.text_a);
+            out.extend(e.text_b);
+        }
+    }
+    Ok(out)
+}
+
+fn classification_labels(pool: &PoolReader) -> Result<Vec<String>, StageError> {
+    if pool.task().kind != datasets::TaskKind::Classification {
+        return Err(StageError::msg(format!(
+            "dataset `{}` is not a classification task; the BERT base kinds need one",
+            pool.task().dataset
+        )));
+    }
+    Ok(pool.labels().to_vec())
+}
+
+struct FedAvgKind;
+impl StageKind for FedAvgKind {
+    fn name(&self) -> &'static str {
+        "base/fedavg"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn describe(&self) -> &'static str {
+        "Standard FL (FedAvg, full fine-tuning) of a BERT classifier on the seen pool"
+    }
+    fn validate(&self, params: &Value) -> Result<(), ParamError> {
+        let p: FedAvgParams = typed_params(params)?;
+        check_model(&p.model, p.max_len)?;
+        if p.rounds == 0 {
+            return Err(ParamError::new(Some("rounds"), "`rounds` must be ≥ 1"));
+        }
+        if !(p.fraction > 0.0 && p.fraction <= 1.0) {
+            return Err(ParamError::new(
+                Some("fraction"),
+                "`fraction` must be in (0, 1]",
+            ));
+        }
+        if p.batch_size == 0 || p.local_epochs == 0 {
+            return Err(ParamError::new(
+                Some("batch_size"),
+                "`batch_size` and `local_epochs` must be ≥ 1",
+            ));
+        }
+        if !(p.lr > 0.0 && p.lr.is_finite()) || p.weight_decay < 0.0 {
+            return Err(ParamError::new(
+                Some("lr"),
+                "`lr` must be positive and `weight_decay` ≥ 0",
+            ));
+        }
+        Ok(())
+    }
+    fn external_inputs(&self, plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
+        let p: FedAvgParams = typed_params(plan.params).map_err(|e| StageError(e.message))?;
+        model_files(&p.model)
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let p: FedAvgParams = ctx.params()?;
+        let device = device_from_name(ctx.device()).map_err(err)?;
+        let pool = seen_pool(ctx)?;
+        let labels = classification_labels(&pool)?;
+        let head_seed = ctx.derive_seed(&["classifier".into()]);
+        let mut model = build_classifier(
+            &p.model,
+            &labels,
+            p.max_len,
+            head_seed,
+            || train_texts(&pool),
+            &device,
+        )
+        .map_err(err)?;
+        let engine = EngineConfig {
+            rounds: p.rounds,
+            fraction: p.fraction,
+            min_clients: p.min_clients,
+            eval_every: None,
+            seed: ctx.derive_seed(&["fl".into()]),
+        };
+        let sgd = LocalSgdConfig {
+            lr: p.lr,
+            weight_decay: p.weight_decay,
+            epochs: p.local_epochs,
+            batch_size: p.batch_size,
+        };
+        let resume = match ctx.resume() {
+            Some(bytes) => Some(EngineState::from_bytes(&bytes, &device).map_err(err)?),
+            None => None,
+        };
+        let clients: Vec<u32> = pool.clients().iter().map(|c| c.client_id).collect();
+        let bar = ctx.progress(p.rounds, "rounds").clone();
+        bar.set(resume.as_ref().map_or(0, |s| s.round));
+        let pool_ref = &pool;
+        let load = Box::new(move |c: u32| {
+            pool_ref
+                .load_client(c, Split::Train)
+                .map_err(|e| e.to_string())
+        });
+        let ctx_ref = &*ctx;
+        let state = train_fedavg(
+            &mut model,
+            &clients,
+            load,
+            &FedAvgRun { engine, sgd },
+            None,
+            resume,
+            |s| {
+                let bytes = s.to_bytes().map_err(|e| e.to_string())?;
+                ctx_ref.checkpoint(&bytes).map_err(|e| e.0)?;
+                bar.set(s.round);
+                Ok(())
+            },
+        )
+        .map_err(err)?;
+        save_classifier(&model, &ctx.out_dir().join("model")).map_err(err)?;
+        std::fs::write(ctx.out_dir().join("rounds.csv"), rounds_csv(&state.metrics))?;
+        if let Some(last) = state.metrics.last() {
+            ctx.log(&format!(
+                "{} rounds; last round: clients {:?}, mean train loss {}",
+                state.round, last.clients, last.mean_train_loss
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct PretrainedKind;
+impl StageKind for PretrainedKind {
+    fn name(&self) -> &'static str {
+        "base/pretrained"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn describe(&self) -> &'static str {
+        "the pretrained model off the shelf, in HF layout"
+    }
+    fn validate(&self, params: &Value) -> Result<(), ParamError> {
+        let p: PretrainedParams = typed_params(params)?;
+        check_model(&p.model, p.max_len)
+    }
+    fn external_inputs(&self, plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
+        let p: PretrainedParams = typed_params(plan.params).map_err(|e| StageError(e.message))?;
+        model_files(&p.model)
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let p: PretrainedParams = ctx.params()?;
+        let out = ctx.out_dir().join("model");
+        match &p.model {
+            ModelSource::Dir(dir) => copy_model_dir(dir, &out).map_err(err),
+            // A tiny model needs the partition for its labels and tokenizer texts.
+            tiny @ ModelSource::Tiny(_) => {
+                let device = device_from_name(ctx.device()).map_err(err)?;
+                let pool = seen_pool(ctx)?;
+                let labels = classification_labels(&pool)?;
+                let head_seed = ctx.derive_seed(&["classifier".into()]);
+                let model = build_classifier(
+                    tiny,
+                    &labels,
+                    p.max_len,
+                    head_seed,
+                    || train_texts(&pool),
+                    &device,
+                )
+                .map_err(err)?;
+                save_classifier(&model, &out).map_err(err)
+            }
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> StageError {
+    StageError(e.to_string())
+}
