@@ -197,6 +197,17 @@ pub fn train_fedavg(
     resume: Option<EngineState>,
     after_round: impl FnMut(&EngineState) -> std::result::Result<(), String>,
 ) -> Result<EngineState> {
+    // The client trains the store's own `Var`s in place; client-local parameters are put back
+    // to their starting values afterwards so the saved model is the global one.
+    let initial_local = match &keep_local {
+        Some(p) => Some(
+            model
+                .store
+                .export(|n| p(n))
+                .map_err(|e| BaseModelError::Invalid(e.to_string()))?,
+        ),
+        None => None,
+    };
     let net = BertForSequenceClassification::load(&model.store, &model.config, &AdapterSpec::NONE)?;
     let mut client = ClassifierClient::new(
         model.store.clone(),
@@ -221,7 +232,29 @@ pub fn train_fedavg(
         .store
         .assign(&map)
         .map_err(|e| BaseModelError::Invalid(e.to_string()))?;
+    if let Some(local) = initial_local {
+        model
+            .store
+            .assign(&local)
+            .map_err(|e| BaseModelError::Invalid(e.to_string()))?;
+    }
     Ok(done)
+}
+
+/// Writes each client's persistent tensors to `dir/<client id>.safetensors` (DEPT: only the
+/// client's `*_embeddings*` tensors).
+pub fn save_client_states(states: &BTreeMap<u32, crate::fl::Weights>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| BaseModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for (client, w) in states {
+        let map: HashMap<String, candle_core::Tensor> =
+            w.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        crate::params::write_safetensors(&map, &dir.join(format!("{client}.safetensors")))
+            .map_err(|e| BaseModelError::Invalid(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Writes `model` into `dir` in HF layout (all or nothing).
@@ -326,7 +359,36 @@ mod tests {
             before[w].to_vec2::<f32>().unwrap(),
             after[w].to_vec2::<f32>().unwrap()
         );
+        // DEPT: embeddings stay on the clients and the saved model keeps the starting ones.
+        let emb = "bert.embeddings.word_embeddings.weight";
+        let mut d = build_classifier(&tiny(), &labels, 16, 1, texts, &Device::Cpu).unwrap();
+        let emb0 = d.store.get(emb).unwrap().to_vec2::<f32>().unwrap();
+        let load2: ShardLoader = Box::new(|c| {
+            Ok((0..4)
+                .map(|i| Example {
+                    text_a: format!("home team {c} {i}"),
+                    text_b: None,
+                    label_id: Some((i % 3) as u32),
+                    language: "eng".into(),
+                })
+                .collect())
+        });
+        let local: crate::fl::classifier_client::LocalPredicate =
+            Box::new(|n| n.contains("_embeddings"));
+        let st = train_fedavg(&mut d, &[0, 1], load2, &run, Some(local), None, |_| Ok(())).unwrap();
+        assert_eq!(d.store.get(emb).unwrap().to_vec2::<f32>().unwrap(), emb0);
+        assert_eq!(st.persistent.len(), 2);
+        assert_ne!(st.persistent[&0][emb].to_vec2::<f32>().unwrap(), emb0);
+        assert!(!st.global.contains_key(emb));
         let dir = tempfile::tempdir().unwrap();
+        save_client_states(&st.persistent, &dir.path().join("clients")).unwrap();
+        let back0 = crate::params::read_safetensors(
+            &dir.path().join("clients/0.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(back0.keys().all(|k| k.contains("_embeddings")) && back0.len() == 3);
+
         let out = dir.path().join("model");
         save_classifier(&m, &out).unwrap();
         let back = build_classifier(

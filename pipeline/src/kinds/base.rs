@@ -10,8 +10,8 @@ use datasets::{PoolReader, Split};
 use serde::Deserialize;
 use serde_json::Value;
 use stages::base_model::{
-    build_classifier, copy_model_dir, device_from_name, save_classifier, train_fedavg, FedAvgRun,
-    ModelSource,
+    build_classifier, copy_model_dir, device_from_name, save_classifier, save_client_states,
+    train_fedavg, FedAvgRun, ModelSource,
 };
 use stages::fl::{rounds_csv, EngineConfig, EngineState, LocalSgdConfig};
 
@@ -19,7 +19,16 @@ use crate::context::StageContext;
 use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
 
 pub fn register(r: &mut Registry) {
-    r.register(Arc::new(FedAvgKind));
+    r.register(Arc::new(FedAvgKind {
+        name: "base/fedavg",
+        describe: "Standard FL (FedAvg, full fine-tuning) of a BERT classifier on the seen pool",
+        keep_local: None,
+    }));
+    r.register(Arc::new(FedAvgKind {
+        name: "base/dept_spec",
+        describe: "DEPT(SPEC): FedAvg with per-client embeddings (`*_embeddings*` stay local)",
+        keep_local: Some(is_dept_local),
+    }));
     r.register(Arc::new(PretrainedKind));
 }
 
@@ -144,16 +153,29 @@ fn classification_labels(pool: &PoolReader) -> Result<Vec<String>, StageError> {
     Ok(pool.labels().to_vec())
 }
 
-struct FedAvgKind;
+/// DEPT(SPEC) keeps every parameter whose name contains `_embeddings` (word, position,
+/// token type) on the client [code] (PAPER_NOTES §2).
+fn is_dept_local(name: &str) -> bool {
+    name.contains("_embeddings")
+}
+
+/// Full fine-tuning with FedAvg; with `keep_local`, the matching parameters stay per client
+/// and are written to `client_state/<client id>.safetensors` (only those tensors), while
+/// `model/` holds the global weights with the starting values of the local ones.
+struct FedAvgKind {
+    name: &'static str,
+    describe: &'static str,
+    keep_local: Option<fn(&str) -> bool>,
+}
 impl StageKind for FedAvgKind {
     fn name(&self) -> &'static str {
-        "base/fedavg"
+        self.name
     }
     fn version(&self) -> u32 {
         1
     }
     fn describe(&self) -> &'static str {
-        "Standard FL (FedAvg, full fine-tuning) of a BERT classifier on the seen pool"
+        self.describe
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: FedAvgParams = typed_params(params)?;
@@ -232,7 +254,8 @@ impl StageKind for FedAvgKind {
             &clients,
             load,
             &FedAvgRun { engine, sgd },
-            None,
+            self.keep_local
+                .map(|f| -> stages::fl::classifier_client::LocalPredicate { Box::new(f) }),
             resume,
             |s| {
                 let bytes = s.to_bytes().map_err(|e| e.to_string())?;
@@ -243,6 +266,10 @@ impl StageKind for FedAvgKind {
         )
         .map_err(err)?;
         save_classifier(&model, &ctx.out_dir().join("model")).map_err(err)?;
+        if self.keep_local.is_some() {
+            save_client_states(&state.persistent, &ctx.out_dir().join("client_state"))
+                .map_err(err)?;
+        }
         std::fs::write(ctx.out_dir().join("rounds.csv"), rounds_csv(&state.metrics))?;
         if let Some(last) = state.metrics.last() {
             ctx.log(&format!(
