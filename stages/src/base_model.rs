@@ -12,11 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::fl::classifier_client::{ClassifierClient, LocalSgdConfig, ShardLoader};
 use crate::fl::engine::{run_rounds, EngineConfig, EngineError, EngineState};
+use crate::fl::feddpa_client::{add_qv_lora, DpaConfig, FedDpaClient};
 use crate::model::bert::{ensure_classifier, load_pretrained, random_init, BertConfig};
 use crate::model::bert::{BertError, BertForSequenceClassification};
 use crate::model::hf_layout::{write_model_dir, HfLayoutError};
 use crate::params::ParamStore;
+use crate::peft::lora::merge_into_store;
 use crate::peft::AdapterSpec;
+use crate::rng::derive_seed;
 use crate::tokenize::{train_wordpiece, TextTokenizer, TokenizeError};
 
 /// Errors building, training or saving a base model; each names the file or step.
@@ -238,6 +241,54 @@ pub fn train_fedavg(
             .assign(&local)
             .map_err(|e| BaseModelError::Invalid(e.to_string()))?;
     }
+    Ok(done)
+}
+
+/// FedDPA-T (PAPER_NOTES §2) of `model`: adds the global q/v LoRA (A from `adapter_seed`),
+/// runs the rounds with [`FedDpaClient`], then merges the trained global adapter and classifier
+/// into `model.store` (so `model` is pretrained + global). The returned state's `persistent`
+/// holds each client's local adapter.
+#[allow(clippy::too_many_arguments)]
+pub fn train_feddpa(
+    model: &mut ClassifierModel,
+    clients: &[u32],
+    load: ShardLoader<'_>,
+    run: &FedAvgRun,
+    dpa: &DpaConfig,
+    adapter_seed: u64,
+    resume: Option<EngineState>,
+    after_round: impl FnMut(&EngineState) -> std::result::Result<(), String>,
+) -> Result<EngineState> {
+    let invalid = |e: String| BaseModelError::Invalid(e);
+    let num_labels = model.config.num_labels();
+    let mut base = model.store.clone();
+    base.set_trainable(|_| false)
+        .map_err(|e| invalid(e.to_string()))?;
+    let modules =
+        add_qv_lora(&mut base, &model.config, num_labels, dpa, adapter_seed).map_err(invalid)?;
+    let mut client = FedDpaClient::new(
+        base.clone(),
+        model.config.clone(),
+        num_labels,
+        *dpa,
+        model.tokenizer.clone(),
+        run.sgd,
+        load,
+        derive_seed(adapter_seed, &["local".into()]),
+    );
+    let state = match resume {
+        Some(s) => s,
+        None => EngineState::new(client.shared_weights().map_err(invalid)?),
+    };
+    let done = run_rounds(&run.engine, clients, &mut client, state, after_round)?;
+    let map: HashMap<_, _> = done
+        .global
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    base.assign(&map).map_err(|e| invalid(e.to_string()))?;
+    merge_into_store(&mut base, &modules, &dpa.spec()).map_err(|e| invalid(e.to_string()))?;
+    model.store = base;
     Ok(done)
 }
 

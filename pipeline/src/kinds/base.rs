@@ -11,8 +11,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use stages::base_model::{
     build_classifier, copy_model_dir, device_from_name, save_classifier, save_client_states,
-    train_fedavg, FedAvgRun, ModelSource,
+    train_fedavg, train_feddpa, ClassifierModel, FedAvgRun, ModelSource,
 };
+use stages::fl::feddpa_client::DpaConfig;
 use stages::fl::{rounds_csv, EngineConfig, EngineState, LocalSgdConfig};
 
 use crate::context::StageContext;
@@ -30,6 +31,7 @@ pub fn register(r: &mut Registry) {
         keep_local: Some(is_dept_local),
     }));
     r.register(Arc::new(PretrainedKind));
+    r.register(Arc::new(FedDpaKind));
 }
 
 // Paper defaults (PAPER_NOTES §2, App. A.3): 100 rounds, 10% of clients, lr 5e-5, AdamW wd 0,
@@ -209,37 +211,8 @@ impl StageKind for FedAvgKind {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: FedAvgParams = ctx.params()?;
-        let device = device_from_name(ctx.device()).map_err(err)?;
+        let (mut model, clients, run, resume) = prepare(ctx, &p)?;
         let pool = seen_pool(ctx)?;
-        let labels = classification_labels(&pool)?;
-        let head_seed = ctx.derive_seed(&["classifier".into()]);
-        let mut model = build_classifier(
-            &p.model,
-            &labels,
-            p.max_len,
-            head_seed,
-            || train_texts(&pool),
-            &device,
-        )
-        .map_err(err)?;
-        let engine = EngineConfig {
-            rounds: p.rounds,
-            fraction: p.fraction,
-            min_clients: p.min_clients,
-            eval_every: None,
-            seed: ctx.derive_seed(&["fl".into()]),
-        };
-        let sgd = LocalSgdConfig {
-            lr: p.lr,
-            weight_decay: p.weight_decay,
-            epochs: p.local_epochs,
-            batch_size: p.batch_size,
-        };
-        let resume = match ctx.resume() {
-            Some(bytes) => Some(EngineState::from_bytes(&bytes, &device).map_err(err)?),
-            None => None,
-        };
-        let clients: Vec<u32> = pool.clients().iter().map(|c| c.client_id).collect();
         let bar = ctx.progress(p.rounds, "rounds").clone();
         bar.set(resume.as_ref().map_or(0, |s| s.round));
         let pool_ref = &pool;
@@ -253,7 +226,7 @@ impl StageKind for FedAvgKind {
             &mut model,
             &clients,
             load,
-            &FedAvgRun { engine, sgd },
+            &run,
             self.keep_local
                 .map(|f| -> stages::fl::classifier_client::LocalPredicate { Box::new(f) }),
             resume,
@@ -279,6 +252,110 @@ impl StageKind for FedAvgKind {
         }
         Ok(())
     }
+}
+
+/// FedDPA-T: `model/` = pretrained + merged global adapter + shared classifier;
+/// `client_state/<client id>.safetensors` = that client's local q/v adapter (PEFT names), to be
+/// applied on top (the paper's personalization base, PAPER_NOTES §2).
+struct FedDpaKind;
+impl StageKind for FedDpaKind {
+    fn name(&self) -> &'static str {
+        "base/feddpa_t"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn describe(&self) -> &'static str {
+        "FedDPA-T: global + per-client local LoRA (r8 α8, q,v) on a BERT classifier"
+    }
+    fn validate(&self, params: &Value) -> Result<(), ParamError> {
+        FedAvgKind {
+            name: "base/feddpa_t",
+            describe: "",
+            keep_local: None,
+        }
+        .validate(params)
+    }
+    fn external_inputs(&self, plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
+        let p: FedAvgParams = typed_params(plan.params).map_err(|e| StageError(e.message))?;
+        model_files(&p.model)
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let p: FedAvgParams = ctx.params()?;
+        let (mut model, clients, run, resume) = prepare(ctx, &p)?;
+        let adapter_seed = ctx.derive_seed(&["lora".into()]);
+        let bar = ctx.progress(p.rounds, "rounds").clone();
+        bar.set(resume.as_ref().map_or(0, |s| s.round));
+        let pool = seen_pool(ctx)?;
+        let pool_ref = &pool;
+        let load = Box::new(move |c: u32| {
+            pool_ref
+                .load_client(c, Split::Train)
+                .map_err(|e| e.to_string())
+        });
+        let ctx_ref = &*ctx;
+        let state = train_feddpa(
+            &mut model,
+            &clients,
+            load,
+            &run,
+            &DpaConfig::paper(),
+            adapter_seed,
+            resume,
+            |s| {
+                let bytes = s.to_bytes().map_err(|e| e.to_string())?;
+                ctx_ref.checkpoint(&bytes).map_err(|e| e.0)?;
+                bar.set(s.round);
+                Ok(())
+            },
+        )
+        .map_err(err)?;
+        save_classifier(&model, &ctx.out_dir().join("model")).map_err(err)?;
+        save_client_states(&state.persistent, &ctx.out_dir().join("client_state")).map_err(err)?;
+        std::fs::write(ctx.out_dir().join("rounds.csv"), rounds_csv(&state.metrics))?;
+        Ok(())
+    }
+}
+
+/// Model, seen clients, round settings and any checkpoint for a federated base stage.
+fn prepare(
+    ctx: &mut StageContext,
+    p: &FedAvgParams,
+) -> Result<(ClassifierModel, Vec<u32>, FedAvgRun, Option<EngineState>), StageError> {
+    let device = device_from_name(ctx.device()).map_err(err)?;
+    let pool = seen_pool(ctx)?;
+    let labels = classification_labels(&pool)?;
+    let head_seed = ctx.derive_seed(&["classifier".into()]);
+    let model = build_classifier(
+        &p.model,
+        &labels,
+        p.max_len,
+        head_seed,
+        || train_texts(&pool),
+        &device,
+    )
+    .map_err(err)?;
+    let run = FedAvgRun {
+        engine: EngineConfig {
+            rounds: p.rounds,
+            fraction: p.fraction,
+            min_clients: p.min_clients,
+            eval_every: None,
+            seed: ctx.derive_seed(&["fl".into()]),
+        },
+        sgd: LocalSgdConfig {
+            lr: p.lr,
+            weight_decay: p.weight_decay,
+            epochs: p.local_epochs,
+            batch_size: p.batch_size,
+        },
+    };
+    let resume = match ctx.resume() {
+        Some(bytes) => Some(EngineState::from_bytes(&bytes, &device).map_err(err)?),
+        None => None,
+    };
+    let clients: Vec<u32> = pool.clients().iter().map(|c| c.client_id).collect();
+    Ok((model, clients, run, resume))
 }
 
 struct PretrainedKind;
