@@ -120,7 +120,8 @@ pub fn build_classifier(
     }
     let (mut config, mut store, tokenizer_json) = match source {
         ModelSource::Dir(dir) => {
-            let (cfg, mut store) = load_pretrained(dir, device, DType::F32, |_| true)?;
+            let (cfg, store) = load_pretrained(dir, device, DType::F32, |_| true)?;
+            let mut store = classifier_params(store)?;
             ensure_classifier(&mut store, &cfg, labels.len(), head_seed, DType::F32)?;
             let path = dir.join("tokenizer.json");
             let json = std::fs::read_to_string(&path)
@@ -185,6 +186,30 @@ pub fn build_classifier(
 pub struct FedAvgRun {
     pub engine: EngineConfig,
     pub sgd: LocalSgdConfig,
+}
+
+/// Keeps what `BertForSequenceClassification` uses, under its HF names, as transformers'
+/// `from_pretrained` does: a bare `BertModel` checkpoint (names without `bert.`, e.g.
+/// sentence-transformers) gets the prefix; pre-training heads (`cls.*`) and the
+/// `position_ids` buffer are dropped.
+fn classifier_params(store: ParamStore) -> Result<ParamStore> {
+    let bare = !store.names().any(|n| n.starts_with("bert."));
+    let mut out = ParamStore::new(store.device());
+    for (name, p) in store.iter() {
+        let body = ["embeddings.", "encoder.", "pooler."];
+        let name = if bare && body.iter().any(|b| name.starts_with(b)) {
+            format!("bert.{name}")
+        } else {
+            name.to_string()
+        };
+        let keep = (name.starts_with("bert.") || name.starts_with("classifier."))
+            && !name.ends_with("position_ids");
+        if keep {
+            out.insert(&name, p.tensor().clone(), p.is_trainable())
+                .map_err(|e| BaseModelError::Invalid(e.to_string()))?;
+        }
+    }
+    Ok(out)
 }
 
 /// Standard FL (FedAvg, full fine-tuning) of `model` over `clients`, starting from `resume` if
@@ -457,6 +482,40 @@ mod tests {
             after[w].to_vec2::<f32>().unwrap(),
             "saved head must be reloaded, not re-initialised"
         );
+        // A bare `BertModel` checkpoint (no `bert.` prefix) with a pre-training head loads
+        // into the same classifier names; the head is dropped.
+        let bare = dir.path().join("bare");
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::copy(out.join("config.json"), bare.join("config.json")).unwrap();
+        std::fs::copy(out.join("tokenizer.json"), bare.join("tokenizer.json")).unwrap();
+        let mut tensors: HashMap<String, candle_core::Tensor> = m
+            .store
+            .export(|n| n.starts_with("bert."))
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches("bert.").to_string(), v))
+            .collect();
+        tensors.insert(
+            "cls.predictions.bias".into(),
+            candle_core::Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap(),
+        );
+        crate::params::write_safetensors(&tensors, &bare.join("model.safetensors")).unwrap();
+        let from_bare = build_classifier(
+            &ModelSource::Dir(bare),
+            &labels,
+            16,
+            9,
+            || Err("not needed".into()),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(from_bare.store.len(), m.store.len());
+        let q = "bert.encoder.layer.0.attention.self.query.weight";
+        assert_eq!(
+            from_bare.store.get(q).unwrap().to_vec2::<f32>().unwrap(),
+            m.store.get(q).unwrap().to_vec2::<f32>().unwrap()
+        );
+
         let copy = dir.path().join("copy");
         copy_model_dir(&out, &copy).unwrap();
         assert!(copy.join("tokenizer.json").is_file());
