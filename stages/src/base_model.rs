@@ -186,6 +186,9 @@ pub fn build_classifier(
 pub struct FedAvgRun {
     pub engine: EngineConfig,
     pub sgd: LocalSgdConfig,
+    /// Where `engine.eval_every` measures the global model's accuracy (Standard FL and DEPT;
+    /// FedDPA-T does not evaluate).
+    pub eval_examples: Vec<datasets::Example>,
 }
 
 /// Keeps what `BertForSequenceClassification` uses, under its HF names, as transformers'
@@ -246,6 +249,9 @@ pub fn train_fedavg(
         keep_local,
     )
     .map_err(BaseModelError::Invalid)?;
+    if run.engine.eval_every.is_some() && !run.eval_examples.is_empty() {
+        client = client.with_eval(run.eval_examples.clone(), run.sgd.batch_size);
+    }
     let state = match resume {
         Some(s) => s,
         None => EngineState::new(client.shared_weights().map_err(BaseModelError::Invalid)?),
@@ -422,7 +428,11 @@ mod tests {
         };
         let before = m.store.export(|_| true).unwrap();
         let mut rounds = 0;
-        let run = FedAvgRun { engine, sgd };
+        let run = FedAvgRun {
+            engine,
+            sgd,
+            eval_examples: Vec::new(),
+        };
         let st = train_fedavg(&mut m, &[0, 1], load, &run, None, None, |_| {
             rounds += 1;
             Ok(())

@@ -78,6 +78,10 @@ struct FedAvgParams {
     batch_size: usize,
     #[serde(default = "default_max_len")]
     max_len: usize,
+    /// Accuracy of the global model on the seen clients' test splits every k rounds (and after
+    /// the last), in `rounds.csv`'s `eval` column; off by default.
+    #[serde(default)]
+    eval_every: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -340,7 +344,7 @@ fn prepare(
             rounds: p.rounds,
             fraction: p.fraction,
             min_clients: p.min_clients,
-            eval_every: None,
+            eval_every: p.eval_every,
             seed: ctx.derive_seed(&["fl".into()]),
         },
         sgd: LocalSgdConfig {
@@ -348,6 +352,16 @@ fn prepare(
             weight_decay: p.weight_decay,
             epochs: p.local_epochs,
             batch_size: p.batch_size,
+        },
+        eval_examples: match p.eval_every {
+            Some(_) => {
+                let mut all = Vec::new();
+                for c in pool.clients() {
+                    all.extend(pool.load_client(c.client_id, Split::Test)?);
+                }
+                all
+            }
+            None => Vec::new(),
         },
     };
     let resume = match ctx.resume() {

@@ -138,6 +138,7 @@ pub struct ClassifierClient<'a> {
     load: ShardLoader<'a>,
     keep_local: Option<LocalPredicate>,
     initial_local: Weights,
+    eval: Option<(Vec<Example>, usize)>,
 }
 
 impl<'a> ClassifierClient<'a> {
@@ -162,7 +163,15 @@ impl<'a> ClassifierClient<'a> {
             load,
             keep_local,
             initial_local,
+            eval: None,
         })
+    }
+
+    /// Examples on which [`LocalTrainer::evaluate`] measures the global model's accuracy
+    /// (client-local parameters at their starting values), in batches of `batch_size`.
+    pub fn with_eval(mut self, examples: Vec<Example>, batch_size: usize) -> Self {
+        self.eval = Some((examples, batch_size.max(1)));
+        self
     }
 
     /// The weights the server averages: everything not kept local.
@@ -185,7 +194,41 @@ fn assign(store: &mut ParamStore, w: &Weights) -> Result<(), String> {
     store.assign(&map).map_err(|e| e.to_string())
 }
 
+/// Share of `examples` whose arg-max prediction equals the label (eval mode, no dropout).
+pub fn accuracy(
+    model: &BertForSequenceClassification,
+    examples: &[Example],
+    tokenizer: &TextTokenizer,
+    batch_size: usize,
+    device: &Device,
+) -> Result<f64, String> {
+    if examples.is_empty() {
+        return Err("no evaluation examples".into());
+    }
+    let mut correct = 0usize;
+    let idx: Vec<usize> = (0..examples.len()).collect();
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let batch = classifier_batch(examples, chunk, tokenizer, device)?;
+        let pred = crate::train::predict(model, &batch.input).map_err(|e| e.to_string())?;
+        let gold = batch.labels.to_vec1::<u32>().map_err(|e| e.to_string())?;
+        correct += pred.iter().zip(&gold).filter(|(p, g)| p == g).count();
+    }
+    Ok(correct as f64 / examples.len() as f64)
+}
+
 impl LocalTrainer for ClassifierClient<'_> {
+    fn evaluate(&mut self, _round: u64, global: &Weights) -> Result<Option<f64>, String> {
+        let Some((examples, batch_size)) = &self.eval else {
+            return Ok(None);
+        };
+        assign(&mut self.store, global)?;
+        if self.keep_local.is_some() {
+            assign(&mut self.store, &self.initial_local)?;
+        }
+        let device = self.store.device().clone();
+        accuracy(&self.model, examples, &self.tokenizer, *batch_size, &device).map(Some)
+    }
+
     fn train(&mut self, ctx: ClientRound<'_>) -> Result<ClientUpdate, String> {
         let examples = (self.load)(ctx.client)?;
         if examples.is_empty() {
@@ -336,6 +379,28 @@ mod tests {
         );
         let fl_losses: Vec<f32> = fl.metrics.iter().map(|m| m.mean_train_loss).collect();
         assert_eq!(fl_losses, losses);
+    }
+
+    #[test]
+    fn evaluation_every_k_rounds_reports_accuracy() {
+        let c = client(setup(), None).with_eval(shard(0, 8), 3);
+        let mut c = c;
+        let init = c.shared_weights().unwrap();
+        let cfg = EngineConfig {
+            eval_every: Some(2),
+            ..engine(3)
+        };
+        let st = run_rounds(&cfg, &[0, 1], &mut c, EngineState::new(init), |_| Ok(())).unwrap();
+        let evals: Vec<Option<f64>> = st.metrics.iter().map(|m| m.eval).collect();
+        assert!(evals[0].is_none());
+        // Round 2 (every k) and round 3 (last) are evaluated; accuracy is a multiple of 1/8.
+        for e in [evals[1], evals[2]] {
+            let a = e.expect("evaluated");
+            assert!((0.0..=1.0).contains(&a) && (a * 8.0).fract() == 0.0, "{a}");
+        }
+        // The same numbers come from evaluating the final global weights directly.
+        let again = c.evaluate(3, &st.global).unwrap().unwrap();
+        assert_eq!(Some(again), evals[2]);
     }
 
     #[test]
