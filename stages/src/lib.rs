@@ -5,6 +5,7 @@
 //! inputs (tensors, examples, seeds, directories chosen by the caller) and returns values.
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
+pub mod base_model;
 pub mod fl;
 pub mod generate;
 pub mod import;

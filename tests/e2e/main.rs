@@ -1,6 +1,7 @@
 //! End-to-end tests of the `pipeline` binary: caching, invalidation, resumption after
 //! `kill -9`, verification, and manifest errors.
 
+mod base_models;
 mod executor;
 mod manifest_errors;
 mod tools;

@@ -2,6 +2,7 @@
 
 use crate::registry::Registry;
 
+pub mod base;
 pub mod partition;
 pub mod testing;
 
@@ -12,6 +13,7 @@ pub const TEST_KINDS_ENV: &str = "PIPELINE_TEST_KINDS";
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     partition::register(&mut r);
+    base::register(&mut r);
     if std::env::var_os(TEST_KINDS_ENV).is_some_and(|v| v == "1") {
         testing::register(&mut r);
     }

@@ -2,7 +2,15 @@
 //! sample-count-weighted FedAvg, and the round loop the base-model and PSG stages drive.
 
 pub mod aggregate;
+pub mod classifier_client;
+pub mod engine;
+pub mod feddpa_client;
 pub mod sampling;
 
 pub use aggregate::{FedAvg, FlError};
+pub use classifier_client::{ClassifierClient, LocalSgdConfig};
+pub use engine::{
+    rounds_csv, run_rounds, ClientRound, ClientUpdate, EngineConfig, EngineError, EngineState,
+    LocalTrainer, RoundMetrics, Weights,
+};
 pub use sampling::sample_clients;
