@@ -78,6 +78,15 @@ impl StageContext {
         derive_seed(self.run_seed, &all)
     }
 
+    /// A seed shared by every kind for the same run seed: for draws that must coincide across
+    /// the methods being compared (which clients a round samples, a new classifier head), so
+    /// that FedAvg, DEPT and FedDPA-T differ only in what they are meant to differ in.
+    pub fn shared_seed(&self, parts: &[SeedPart<'_>]) -> u64 {
+        let mut all = vec![SeedPart::Name("shared")];
+        all.extend_from_slice(parts);
+        derive_seed(self.run_seed, &all)
+    }
+
     pub fn device(&self) -> &str {
         &self.device
     }

@@ -394,6 +394,23 @@ fn smoke_manifest_runs_and_is_cached() {
         "{}",
         again.summary()
     );
+    // The federated base methods sample the same clients each round (a controlled comparison).
+    let mut sampled: Vec<Vec<String>> = Vec::new();
+    for e in std::fs::read_dir(s.path().join("wd/store"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(csv) = std::fs::read_to_string(e.path().join("out/rounds.csv")) {
+            sampled.push(
+                csv.lines()
+                    .skip(1)
+                    .map(|l| l.split(',').nth(3).unwrap().to_string())
+                    .collect(),
+            );
+        }
+    }
+    assert!(sampled.len() >= 3, "{sampled:?}");
+    assert!(sampled.windows(2).all(|w| w[0] == w[1]), "{sampled:?}");
     let v = run(&["verify", &manifest, "--workdir", "wd"]);
     v.ok();
     let e = run(&["export", &manifest, "--workdir", "wd", "--csv", "csv"]);

@@ -329,7 +329,7 @@ fn prepare(
     let device = device_from_name(ctx.device()).map_err(err)?;
     let pool = seen_pool(ctx)?;
     let labels = classification_labels(&pool)?;
-    let head_seed = ctx.derive_seed(&["classifier".into()]);
+    let head_seed = ctx.shared_seed(&["classifier".into()]);
     let model = build_classifier(
         &p.model,
         &labels,
@@ -345,7 +345,7 @@ fn prepare(
             fraction: p.fraction,
             min_clients: p.min_clients,
             eval_every: p.eval_every,
-            seed: ctx.derive_seed(&["fl".into()]),
+            seed: ctx.shared_seed(&["fl".into()]),
         },
         sgd: LocalSgdConfig {
             lr: p.lr,
@@ -401,7 +401,7 @@ impl StageKind for PretrainedKind {
                 let device = device_from_name(ctx.device()).map_err(err)?;
                 let pool = seen_pool(ctx)?;
                 let labels = classification_labels(&pool)?;
-                let head_seed = ctx.derive_seed(&["classifier".into()]);
+                let head_seed = ctx.shared_seed(&["classifier".into()]);
                 let model = build_classifier(
                     tiny,
                     &labels,
