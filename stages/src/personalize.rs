@@ -329,4 +329,44 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn feddpa_client_adapter_is_merged_with_alpha_over_r() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = saved_tiny(dir.path());
+        let base = load_base(dir.path(), None, &labels, 16, &Device::Cpu).unwrap();
+        let module = "bert.encoder.layer.0.attention.self.query";
+        let w = base.store.get(&format!("{module}.weight")).unwrap();
+        // FedDPA-T's local adapter: r 8, α 8 → scaling 1, ΔW = B·A.
+        let a =
+            crate::peft::lora::normal_tensor(1, (8, 16), 0.1, &Device::Cpu, DType::F32).unwrap();
+        let b =
+            crate::peft::lora::normal_tensor(2, (16, 8), 0.1, &Device::Cpu, DType::F32).unwrap();
+        let state = dir.path().join("0.safetensors");
+        crate::params::write_safetensors(
+            &[
+                (a_name(module), a.clone()),
+                (crate::peft::b_name(module), b.clone()),
+            ]
+            .into(),
+            &state,
+        )
+        .unwrap();
+        let m = load_base(dir.path(), Some(&state), &labels, 16, &Device::Cpu).unwrap();
+        assert!(
+            !m.store.names().any(is_adapter_param),
+            "adapter merged away"
+        );
+        let want = (w + b.matmul(&a).unwrap()).unwrap();
+        let got = m.store.get(&format!("{module}.weight")).unwrap();
+        let diff: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-6, "max |ΔW − B·A| = {diff}");
+    }
 }
