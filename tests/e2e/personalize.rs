@@ -90,3 +90,17 @@ fn unknown_method_is_a_validation_error() {
     // Refused at validation, before any stage ran.
     assert!(!s.path().join("wd/store").is_dir(), "{out}");
 }
+
+#[test]
+fn zero_budget_is_a_validation_error() {
+    let s = Sandbox::new();
+    s.write(
+        "m.yaml",
+        &manifest("lora").replace("budget: [2]", "budget: [0]"),
+    );
+    let r = s.run(&["run", "m.yaml", "-q"]);
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert_ne!(r.code, Some(0), "{out}");
+    assert!(out.contains("`budget`") && out.contains("≥ 1"), "{out}");
+    assert!(!s.path().join("wd/store").is_dir(), "{out}");
+}

@@ -99,11 +99,13 @@ impl StageKind for PersonalizeKind {
                 ),
             ));
         }
-        if params.get("client").is_none() {
-            // Still to be expanded; the rest is checked per instance.
-            return Ok(());
+        // The manifest validates before `client: all` is expanded: check the rest with a
+        // stand-in client id.
+        let mut params = params.clone();
+        if let Some(map) = params.as_object_mut() {
+            map.entry("client").or_insert(Value::from(0u32));
         }
-        let p: PersonalizeParams = typed_params(params)?;
+        let p: PersonalizeParams = typed_params(&params)?;
         if p.budget == 0 || p.epochs == 0 || p.batch_size == 0 {
             return Err(ParamError::new(
                 Some("budget"),
