@@ -15,6 +15,7 @@ pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod peft;
+pub mod personalize;
 pub mod predict;
 pub mod psg;
 pub mod rng;

@@ -416,4 +416,12 @@ fn smoke_manifest_runs_and_is_cached() {
     let e = run(&["export", &manifest, "--workdir", "wd", "--csv", "csv"]);
     e.ok();
     assert!(s.path().join("csv/runs.csv").is_file());
+    // The report stage's result tables (LoRA personalization of the FedAvg base) are exported.
+    for pool in ["seen", "unseen"] {
+        let t = s
+            .path()
+            .join(format!("csv/report_news__masakhanews_{pool}_fedavg.csv"));
+        let csv = std::fs::read_to_string(&t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));
+        assert!(csv.lines().skip(1).any(|l| l.contains(",lora,")), "{csv}");
+    }
 }

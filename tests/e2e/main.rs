@@ -4,5 +4,6 @@
 mod base_models;
 mod executor;
 mod manifest_errors;
+mod personalize;
 mod tools;
 mod util;

@@ -4,6 +4,7 @@ use crate::registry::Registry;
 
 pub mod base;
 pub mod partition;
+pub mod personalize;
 pub mod testing;
 
 /// Environment variable that also registers the executor's test kinds (`test/*`). They exist for
@@ -14,6 +15,7 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     partition::register(&mut r);
     base::register(&mut r);
+    personalize::register(&mut r);
     if std::env::var_os(TEST_KINDS_ENV).is_some_and(|v| v == "1") {
         testing::register(&mut r);
     }

@@ -1,0 +1,372 @@
+//! Personalization of a base classifier on one client (PAPER_NOTES §4, §6): load the base model
+//! (plus the client's own DEPT embeddings or FedDPA-T local adapter), fine-tune a method's
+//! adapter on the client's train split, merge it, and predict the client's test split.
+//!
+//! Only the `lora` baseline exists so far: rank r_b on every linear (pooler and classifier
+//! included), α = 2·r_b, dropout 0, A from a seeded Kaiming-uniform, AdamW.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use datasets::Example;
+
+use crate::base_model::{build_classifier, ClassifierModel, ModelSource};
+use crate::fl::classifier_client::{classifier_batch, train_local, LocalSgdConfig};
+use crate::fl::feddpa_client::DpaConfig;
+use crate::model::bert::BertForSequenceClassification;
+use crate::peft::lora::{add_lora, merge_into_store, TargetModules};
+use crate::peft::{a_name, is_adapter_param, AdapterKind, AdapterSpec};
+use crate::rng::derive_seed;
+
+/// Errors of one personalization run; each names the file or step.
+#[derive(Debug, thiserror::Error)]
+pub enum PersonalizeError {
+    /// Boxed: the base-model error is large and this one is returned on every path.
+    #[error(transparent)]
+    Base(Box<crate::base_model::BaseModelError>),
+    #[error("{path}: {message}")]
+    ClientState { path: String, message: String },
+    #[error("{step}: {message}")]
+    Step { step: &'static str, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, PersonalizeError>;
+
+impl From<crate::base_model::BaseModelError> for PersonalizeError {
+    fn from(e: crate::base_model::BaseModelError) -> Self {
+        PersonalizeError::Base(Box::new(e))
+    }
+}
+
+fn step(step: &'static str) -> impl Fn(String) -> PersonalizeError {
+    move |message| PersonalizeError::Step { step, message }
+}
+
+/// Personalization methods this module implements.
+pub const METHODS: &[&str] = &["lora"];
+
+/// LoRA fine-tuning settings (PAPER_NOTES §4: 2 epochs, lr 1e-4, AdamW, wd 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraRun {
+    /// r_b: the rank of every adapted module.
+    pub budget: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    /// Seeds the A init (per module, via `peft::lora::a_seed`), shuffling and dropout.
+    pub seed: u64,
+}
+
+/// What a run produced: test predictions (in test-split order) and the kept rank per module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Personalized {
+    /// (label, predicted) per test example.
+    pub predictions: Vec<(u32, u32)>,
+    /// (module, rank) for every adapted linear.
+    pub ranks: Vec<(String, usize)>,
+    pub mean_train_loss: f32,
+}
+
+impl Personalized {
+    pub fn correct(&self) -> u64 {
+        self.predictions.iter().filter(|(l, p)| l == p).count() as u64
+    }
+}
+
+/// Loads the base classifier from an HF `model_dir` for `labels`, then applies
+/// `client_state` when given: plain tensors (DEPT's `*_embeddings*`) replace the base's, and
+/// adapter tensors (FedDPA-T's local q/v LoRA, r 8 α 8) are merged into their base weights.
+pub fn load_base(
+    model_dir: &Path,
+    client_state: Option<&Path>,
+    labels: &[String],
+    max_len: usize,
+    device: &Device,
+) -> Result<ClassifierModel> {
+    let mut model = build_classifier(
+        &ModelSource::Dir(model_dir.to_path_buf()),
+        labels,
+        max_len,
+        0,
+        || Ok(Vec::new()),
+        device,
+    )?;
+    if let Some(path) = client_state {
+        let bad = |message: String| PersonalizeError::ClientState {
+            path: path.display().to_string(),
+            message,
+        };
+        let tensors =
+            crate::params::read_safetensors(path, device).map_err(|e| bad(e.to_string()))?;
+        let (adapters, plain): (Vec<_>, Vec<_>) =
+            tensors.into_iter().partition(|(n, _)| is_adapter_param(n));
+        for (name, _) in &plain {
+            if !model.store.contains(name) {
+                return Err(bad(format!(
+                    "tensor `{name}` is not a parameter of the base model"
+                )));
+            }
+        }
+        model
+            .store
+            .assign(&plain.into_iter().collect())
+            .map_err(|e| bad(e.to_string()))?;
+        if !adapters.is_empty() {
+            for (name, t) in &adapters {
+                model
+                    .store
+                    .insert(name, t.clone(), false)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            let modules: Vec<_> = model
+                .config
+                .linear_modules(model.config.num_labels())
+                .into_iter()
+                .filter(|m| model.store.contains(&a_name(&m.name)))
+                .collect();
+            merge_into_store(&mut model.store, &modules, &DpaConfig::paper().spec())
+                .map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    Ok(model)
+}
+
+/// LoRA personalization of `model` (consumed: its store gets the merged adapter) on `train`,
+/// evaluated on `test`.
+pub fn personalize_lora(
+    mut model: ClassifierModel,
+    train: &[Example],
+    test: &[Example],
+    run: &LoraRun,
+) -> Result<Personalized> {
+    if run.budget == 0 {
+        return Err(step("lora")("budget (rank) must be ≥ 1".into()));
+    }
+    let s = step("lora");
+    model
+        .store
+        .set_trainable(|_| false)
+        .map_err(|e| s(e.to_string()))?;
+    let modules =
+        TargetModules::AllLinear.select(&model.config.linear_modules(model.config.num_labels()));
+    add_lora(
+        &mut model.store,
+        &modules,
+        |_| run.budget,
+        derive_seed(run.seed, &["lora_init".into()]),
+        DType::F32,
+    )
+    .map_err(|e| s(e.to_string()))?;
+    let spec = AdapterSpec {
+        kind: AdapterKind::Lora {
+            alpha: 2.0 * run.budget as f64,
+        },
+        dropout: 0.0,
+    };
+    let net = BertForSequenceClassification::load(&model.store, &model.config, &spec)
+        .map_err(|e| s(e.to_string()))?;
+    let cfg = LocalSgdConfig {
+        lr: run.lr,
+        weight_decay: 0.0,
+        epochs: run.epochs,
+        batch_size: run.batch_size,
+    };
+    let loss = train_local(
+        &net,
+        &model.store,
+        train,
+        &model.tokenizer,
+        &cfg,
+        derive_seed(run.seed, &["train".into()]),
+    )
+    .map_err(step("train"))?;
+    drop(net);
+    merge_into_store(&mut model.store, &modules, &spec).map_err(|e| s(e.to_string()))?;
+    let predictions = predict(&model, test, run.batch_size)?;
+    Ok(Personalized {
+        predictions,
+        ranks: modules.into_iter().map(|m| (m.name, run.budget)).collect(),
+        mean_train_loss: loss,
+    })
+}
+
+/// (label, predicted) for every example, in order (eval mode).
+pub fn predict(
+    model: &ClassifierModel,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<Vec<(u32, u32)>> {
+    let s = step("predict");
+    let net = BertForSequenceClassification::load(&model.store, &model.config, &AdapterSpec::NONE)
+        .map_err(|e| s(e.to_string()))?;
+    let idx: Vec<usize> = (0..examples.len()).collect();
+    let mut out = Vec::with_capacity(examples.len());
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let batch = classifier_batch(examples, chunk, &model.tokenizer, model.store.device())
+            .map_err(step("predict"))?;
+        let pred = crate::train::predict(&net, &batch.input).map_err(|e| s(e.to_string()))?;
+        let gold = batch
+            .labels
+            .to_vec1::<u32>()
+            .map_err(|e| s(e.to_string()))?;
+        out.extend(gold.into_iter().zip(pred));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base_model::{save_classifier, TinyBert};
+
+    fn examples(n: usize, offset: usize) -> Vec<Example> {
+        (0..n)
+            .map(|i| {
+                let label = ((i + offset) % 2) as u32;
+                let word = if label == 0 {
+                    "goal match team"
+                } else {
+                    "vote party law"
+                };
+                Example {
+                    text_a: format!("{word} {i}"),
+                    text_b: None,
+                    label_id: Some(label),
+                    language: "eng".into(),
+                }
+            })
+            .collect()
+    }
+
+    fn saved_tiny(dir: &Path) -> Vec<String> {
+        let labels = vec!["sports".to_string(), "politics".to_string()];
+        let texts: Vec<String> = examples(20, 0).into_iter().map(|e| e.text_a).collect();
+        let m = build_classifier(
+            &ModelSource::Tiny(TinyBert {
+                hidden: 16,
+                layers: 1,
+                heads: 2,
+                intermediate: 32,
+                vocab_size: 60,
+                seed: 3,
+            }),
+            &labels,
+            16,
+            1,
+            || Ok(texts),
+            &Device::Cpu,
+        )
+        .unwrap();
+        save_classifier(&m, dir).unwrap();
+        labels
+    }
+
+    fn run(seed: u64) -> LoraRun {
+        LoraRun {
+            budget: 2,
+            epochs: 2,
+            lr: 1e-2,
+            batch_size: 4,
+            seed,
+        }
+    }
+
+    #[test]
+    fn lora_adapts_every_linear_and_is_reproducible() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = saved_tiny(dir.path());
+        let load = || load_base(dir.path(), None, &labels, 16, &Device::Cpu).unwrap();
+        let (train, test) = (examples(16, 0), examples(6, 1));
+        let a = personalize_lora(load(), &train, &test, &run(5)).unwrap();
+        let b = personalize_lora(load(), &train, &test, &run(5)).unwrap();
+        assert_eq!(a, b, "same seed, same result");
+        // 1 layer × 6 linears + pooler + classifier (PAPER_NOTES §3 all-linear).
+        assert_eq!(a.ranks.len(), 8, "{:?}", a.ranks);
+        assert!(a.ranks.iter().any(|(m, _)| m == "classifier"));
+        assert!(a.ranks.iter().any(|(m, _)| m.contains("pooler")));
+        assert!(a.ranks.iter().all(|(_, r)| *r == 2));
+        assert_eq!(a.predictions.len(), 6);
+        assert_eq!(
+            a.predictions.iter().map(|p| p.0).collect::<Vec<_>>(),
+            test.iter().map(|e| e.label_id.unwrap()).collect::<Vec<_>>()
+        );
+        // The seed reaches the adapter init / shuffling.
+        let other = personalize_lora(load(), &train, &test, &run(6)).unwrap();
+        assert!(other.mean_train_loss.is_finite());
+        assert_ne!(a.mean_train_loss, other.mean_train_loss);
+    }
+
+    #[test]
+    fn client_state_replaces_embeddings_and_rejects_unknown_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = saved_tiny(dir.path());
+        let base = load_base(dir.path(), None, &labels, 16, &Device::Cpu).unwrap();
+        let name = "bert.embeddings.word_embeddings.weight";
+        let w = base.store.get(name).unwrap();
+        let state = dir.path().join("3.safetensors");
+        let zeros = w.zeros_like().unwrap();
+        crate::params::write_safetensors(&[(name.to_string(), zeros)].into(), &state).unwrap();
+        let m = load_base(dir.path(), Some(&state), &labels, 16, &Device::Cpu).unwrap();
+        let sum: f32 = m
+            .store
+            .get(name)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(sum, 0.0);
+        let bad = dir.path().join("4.safetensors");
+        crate::params::write_safetensors(&[("nope.weight".to_string(), w)].into(), &bad).unwrap();
+        let err = load_base(dir.path(), Some(&bad), &labels, 16, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("4.safetensors") && err.contains("nope.weight"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn feddpa_client_adapter_is_merged_with_alpha_over_r() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = saved_tiny(dir.path());
+        let base = load_base(dir.path(), None, &labels, 16, &Device::Cpu).unwrap();
+        let module = "bert.encoder.layer.0.attention.self.query";
+        let w = base.store.get(&format!("{module}.weight")).unwrap();
+        // FedDPA-T's local adapter: r 8, α 8 → scaling 1, ΔW = B·A.
+        let a =
+            crate::peft::lora::normal_tensor(1, (8, 16), 0.1, &Device::Cpu, DType::F32).unwrap();
+        let b =
+            crate::peft::lora::normal_tensor(2, (16, 8), 0.1, &Device::Cpu, DType::F32).unwrap();
+        let state = dir.path().join("0.safetensors");
+        crate::params::write_safetensors(
+            &[
+                (a_name(module), a.clone()),
+                (crate::peft::b_name(module), b.clone()),
+            ]
+            .into(),
+            &state,
+        )
+        .unwrap();
+        let m = load_base(dir.path(), Some(&state), &labels, 16, &Device::Cpu).unwrap();
+        assert!(
+            !m.store.names().any(is_adapter_param),
+            "adapter merged away"
+        );
+        let want = (w + b.matmul(&a).unwrap()).unwrap();
+        let got = m.store.get(&format!("{module}.weight")).unwrap();
+        let diff: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-6, "max |ΔW − B·A| = {diff}");
+    }
+}

@@ -1,0 +1,106 @@
+//! `personalize` over every client of a partition, then `report`: the result tables reach
+//! `export --csv`, and an unknown method is refused before anything runs.
+
+use crate::util::Sandbox;
+
+const MANIFEST: &str = r#"
+name: pers
+seed: 5
+workdir: wd
+data_root: DATA
+stages:
+  part:
+    kind: partition/masakhanews
+    params:
+      languages: [eng, lin]
+      clients_per_language: 2
+      max_train_rows_per_language: 40
+      max_test_rows_per_language: 20
+  fedavg:
+    kind: base/fedavg
+    needs: [part]
+    params:
+      model: {tiny: {hidden: 16, layers: 1, heads: 2, intermediate: 32, vocab_size: 120, seed: 1}}
+      rounds: 1
+      fraction: 0.5
+      batch_size: 8
+      max_len: 32
+  pers:
+    kind: personalize
+    needs: [part, fedavg]
+    matrix:
+      client: all
+      method: [METHOD]
+      budget: [2]
+    params:
+      batch_size: 8
+      max_len: 32
+  report:
+    kind: report
+    needs: [pers]
+"#;
+
+fn manifest(method: &str) -> String {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data");
+    MANIFEST.replace("DATA", data).replace("METHOD", method)
+}
+
+#[test]
+fn report_tables_reach_export_csv() {
+    let s = Sandbox::new();
+    s.write("m.yaml", &manifest("lora"));
+    s.run(&["run", "m.yaml", "-q"]).ok();
+    s.run(&["export", "m.yaml", "--csv", "csv"]).ok();
+    let mut pools = Vec::new();
+    for pool in ["seen", "unseen"] {
+        let path = s
+            .path()
+            .join(format!("csv/report__masakhanews_{pool}_fedavg.csv"));
+        let csv =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let rows: Vec<&str> = csv.lines().skip(1).collect();
+        // One row per language at budget 2, LoRA, accuracy in [0, 100].
+        assert_eq!(rows.len(), 2, "{csv}");
+        for r in &rows {
+            let f: Vec<&str> = r.split(',').collect();
+            assert_eq!(
+                &f[..5],
+                &["masakhanews", pool, "fedavg", "2", "lora"],
+                "{r}"
+            );
+            let acc: f64 = f[7].parse().unwrap();
+            assert!((0.0..=100.0).contains(&acc), "{r}");
+        }
+        pools.push(rows.len());
+    }
+    assert_eq!(pools, [2, 2]);
+}
+
+#[test]
+fn unknown_method_is_a_validation_error() {
+    let s = Sandbox::new();
+    s.write("m.yaml", &manifest("adalora_x"));
+    let r = s.run(&["run", "m.yaml", "-q"]);
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert_ne!(r.code, Some(0), "{out}");
+    assert!(
+        out.contains("unknown method `adalora_x`") && out.contains("supported: lora"),
+        "{out}"
+    );
+    // Refused at validation, before any stage ran.
+    assert!(!s.path().join("wd/store").is_dir(), "{out}");
+}
+
+#[test]
+fn zero_budget_is_a_validation_error() {
+    let s = Sandbox::new();
+    s.write(
+        "m.yaml",
+        &manifest("lora").replace("budget: [2]", "budget: [0]"),
+    );
+    let r = s.run(&["run", "m.yaml", "-q"]);
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert_ne!(r.code, Some(0), "{out}");
+    assert!(out.contains("`budget`") && out.contains("≥ 1"), "{out}");
+    assert!(!s.path().join("wd/store").is_dir(), "{out}");
+}
