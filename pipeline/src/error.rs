@@ -14,11 +14,12 @@ pub enum PipelineError {
     },
     #[error("{0}")]
     Usage(String),
-    #[error("{path}: {source}")]
+    /// The I/O error is shown in the message, not chained as a source, so `{:#}` does not
+    /// print it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
@@ -44,10 +45,10 @@ fn location(file: &std::path::Path, line: Option<usize>) -> String {
 }
 
 impl PipelineError {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         PipelineError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
