@@ -13,6 +13,7 @@ use stages::base_model::{
     build_classifier, copy_model_dir, device_from_name, save_classifier, save_client_states,
     train_fedavg, train_feddpa, ClassifierModel, FedAvgRun, ModelSource,
 };
+use stages::fl::classifier_client::ShardLoader;
 use stages::fl::feddpa_client::DpaConfig;
 use stages::fl::{rounds_csv, EngineConfig, EngineState, LocalSgdConfig};
 
@@ -215,46 +216,17 @@ impl StageKind for FedAvgKind {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: FedAvgParams = ctx.params()?;
-        let (mut model, clients, run, resume) = prepare(ctx, &p)?;
-        let pool = seen_pool(ctx)?;
-        let bar = ctx.progress(p.rounds, "rounds").clone();
-        bar.set(resume.as_ref().map_or(0, |s| s.round));
-        let pool_ref = &pool;
-        let load = Box::new(move |c: u32| {
-            pool_ref
-                .load_client(c, Split::Train)
-                .map_err(|e| e.to_string())
-        });
-        let ctx_ref = &*ctx;
-        let state = train_fedavg(
-            &mut model,
-            &clients,
-            load,
-            &run,
-            self.keep_local
-                .map(|f| -> stages::fl::classifier_client::LocalPredicate { Box::new(f) }),
-            resume,
-            |s| {
-                let bytes = s.to_bytes().map_err(|e| e.to_string())?;
-                ctx_ref.checkpoint(&bytes).map_err(|e| e.0)?;
-                bar.set(s.round);
-                Ok(())
+        let keep_local = self.keep_local;
+        run_federated(
+            ctx,
+            &p,
+            keep_local.is_some(),
+            |model, clients, load, run, resume, after| {
+                let keep = keep_local
+                    .map(|f| -> stages::fl::classifier_client::LocalPredicate { Box::new(f) });
+                train_fedavg(model, clients, load, run, keep, resume, after).map_err(err)
             },
         )
-        .map_err(err)?;
-        save_classifier(&model, &ctx.out_dir().join("model")).map_err(err)?;
-        if self.keep_local.is_some() {
-            save_client_states(&state.persistent, &ctx.out_dir().join("client_state"))
-                .map_err(err)?;
-        }
-        std::fs::write(ctx.out_dir().join("rounds.csv"), rounds_csv(&state.metrics))?;
-        if let Some(last) = state.metrics.last() {
-            ctx.log(&format!(
-                "{} rounds; last round: clients {:?}, mean train loss {}",
-                state.round, last.clients, last.mean_train_loss
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -286,39 +258,69 @@ impl StageKind for FedDpaKind {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: FedAvgParams = ctx.params()?;
-        let (mut model, clients, run, resume) = prepare(ctx, &p)?;
         let adapter_seed = ctx.derive_seed(&["lora".into()]);
-        let bar = ctx.progress(p.rounds, "rounds").clone();
-        bar.set(resume.as_ref().map_or(0, |s| s.round));
-        let pool = seen_pool(ctx)?;
-        let pool_ref = &pool;
-        let load = Box::new(move |c: u32| {
-            pool_ref
-                .load_client(c, Split::Train)
-                .map_err(|e| e.to_string())
-        });
-        let ctx_ref = &*ctx;
-        let state = train_feddpa(
-            &mut model,
-            &clients,
-            load,
-            &run,
-            &DpaConfig::paper(),
-            adapter_seed,
-            resume,
-            |s| {
-                let bytes = s.to_bytes().map_err(|e| e.to_string())?;
-                ctx_ref.checkpoint(&bytes).map_err(|e| e.0)?;
-                bar.set(s.round);
-                Ok(())
-            },
-        )
-        .map_err(err)?;
-        save_classifier(&model, &ctx.out_dir().join("model")).map_err(err)?;
-        save_client_states(&state.persistent, &ctx.out_dir().join("client_state")).map_err(err)?;
-        std::fs::write(ctx.out_dir().join("rounds.csv"), rounds_csv(&state.metrics))?;
-        Ok(())
+        run_federated(ctx, &p, true, |model, clients, load, run, resume, after| {
+            train_feddpa(
+                model,
+                clients,
+                load,
+                run,
+                &DpaConfig::paper(),
+                adapter_seed,
+                resume,
+                after,
+            )
+            .map_err(err)
+        })
     }
+}
+
+/// What the federated base kinds share: build the model and client list, stream seen-pool
+/// shards, checkpoint after every round, then save `model/`, the clients' private state (when the
+/// method keeps any) and `rounds.csv`.
+fn run_federated(
+    ctx: &mut StageContext,
+    p: &FedAvgParams,
+    save_client_state: bool,
+    train: impl FnOnce(
+        &mut ClassifierModel,
+        &[u32],
+        ShardLoader<'_>,
+        &FedAvgRun,
+        Option<EngineState>,
+        &mut dyn FnMut(&EngineState) -> Result<(), String>,
+    ) -> Result<EngineState, StageError>,
+) -> Result<(), StageError> {
+    let (mut model, clients, run, resume) = prepare(ctx, p)?;
+    let pool = seen_pool(ctx)?;
+    let bar = ctx.progress(p.rounds, "rounds").clone();
+    bar.set(resume.as_ref().map_or(0, |s| s.round));
+    let pool_ref = &pool;
+    let load: ShardLoader<'_> = Box::new(move |c: u32| {
+        pool_ref
+            .load_client(c, Split::Train)
+            .map_err(|e| e.to_string())
+    });
+    let ctx_ref = &*ctx;
+    let mut after_round = |s: &EngineState| -> Result<(), String> {
+        let bytes = s.to_bytes().map_err(|e| e.to_string())?;
+        ctx_ref.checkpoint(&bytes).map_err(|e| e.0)?;
+        bar.set(s.round);
+        Ok(())
+    };
+    let state = train(&mut model, &clients, load, &run, resume, &mut after_round)?;
+    save_classifier(&model, &ctx.out_dir().join("model")).map_err(err)?;
+    if save_client_state {
+        save_client_states(&state.persistent, &ctx.out_dir().join("client_state")).map_err(err)?;
+    }
+    std::fs::write(ctx.out_dir().join("rounds.csv"), rounds_csv(&state.metrics))?;
+    if let Some(last) = state.metrics.last() {
+        ctx.log(&format!(
+            "{} rounds; last round: clients {:?}, mean train loss {}",
+            state.round, last.clients, last.mean_train_loss
+        ));
+    }
+    Ok(())
 }
 
 /// Model, seen clients, round settings and any checkpoint for a federated base stage.
