@@ -32,11 +32,11 @@ fn manifest(wd: &str) -> String {
     MANIFEST.replace("WORKDIR", wd).replace("DATA", data)
 }
 
-/// Model files only: `rounds.csv` holds wall times.
+/// Model files and the base stage's `rounds.csv` (which holds no timings, so it must match too).
 fn models(s: &Sandbox, wd: &str) -> Vec<(String, Vec<u8>)> {
     s.artifacts(wd)
         .into_iter()
-        .filter(|(k, _)| k.contains("/model/"))
+        .filter(|(k, _)| k.contains("/model/") || k.ends_with("/rounds.csv"))
         .collect()
 }
 
@@ -48,7 +48,7 @@ fn fedavg_killed_mid_training_resumes_bit_identical() {
     s.run(&["run", "clean.yaml"]).ok();
     let clean_ms = t0.elapsed().as_millis() as u64;
     let reference = models(&s, "clean");
-    assert_eq!(reference.len(), 3, "config, weights, tokenizer");
+    assert_eq!(reference.len(), 4, "config, weights, tokenizer, rounds.csv");
 
     let mut resumed_any = false;
     for (trial, pct) in [35u64, 55, 75].into_iter().enumerate() {

@@ -294,17 +294,18 @@ where
 }
 
 /// `rounds.csv`: one line per round.
+/// Per-round metrics as CSV. Wall time stays out: this is an artifact, and artifacts must be
+/// bit-identical across runs of the same manifest (timings live in the instance's meta.json).
 pub fn rounds_csv(metrics: &[RoundMetrics]) -> String {
-    let mut s = String::from("round,mean_train_loss,n_clients,clients,wall_s,eval\n");
+    let mut s = String::from("round,mean_train_loss,n_clients,clients,eval\n");
     for m in metrics {
         let clients: Vec<String> = m.clients.iter().map(u32::to_string).collect();
         s.push_str(&format!(
-            "{},{},{},{},{:.3},{}\n",
+            "{},{},{},{},{}\n",
             m.round,
             m.mean_train_loss,
             m.clients.len(),
             clients.join(" "),
-            m.wall_s,
             m.eval.map(|e| e.to_string()).unwrap_or_default()
         ));
     }
