@@ -6,9 +6,11 @@
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
 pub mod base_model;
+pub mod fit;
 pub mod fl;
 pub mod generate;
 pub mod import;
+pub mod methods;
 pub mod metrics;
 pub mod model;
 pub mod nn;

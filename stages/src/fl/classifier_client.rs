@@ -8,15 +8,14 @@
 
 use candle_core::{Device, Tensor};
 use datasets::Example;
-use rand::seq::SliceRandom;
 
 use super::engine::{ClientRound, ClientUpdate, LocalTrainer, Weights};
+use crate::fit::Fit;
 use crate::model::bert::{BertForSequenceClassification, BertInput};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
-use crate::rng::{derive_seed, rng_from};
 use crate::tokenize::{PaddingSide, TextTokenizer};
-use crate::train::{train_step, ClassifierBatch, Regulariser};
+use crate::train::{ClassifierBatch, Regulariser};
 
 /// Local optimisation settings (PAPER_NOTES §2: AdamW, lr 5e-5, wd 0, 2 epochs, batch 32).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,12 +80,6 @@ pub fn train_local(
     cfg: &LocalSgdConfig,
     seed: u64,
 ) -> Result<f32, String> {
-    if examples.is_empty() {
-        return Err("no training examples".into());
-    }
-    if cfg.batch_size == 0 {
-        return Err("batch size must be positive".into());
-    }
     let mut opt = Adam::new(
         AdamConfig::adamw(),
         vec![ParamGroup {
@@ -96,31 +89,15 @@ pub fn train_local(
         }],
     )
     .map_err(|e| e.to_string())?;
-    let mut total = 0f64;
-    let mut steps = 0u64;
-    for epoch in 0..cfg.epochs {
-        let mut order: Vec<usize> = (0..examples.len()).collect();
-        order.shuffle(&mut rng_from(derive_seed(
-            seed,
-            &["shuffle".into(), epoch.into()],
-        )));
-        for chunk in order.chunks(cfg.batch_size) {
-            let batch = classifier_batch(examples, chunk, tokenizer, store.device())?;
-            let dropout = derive_seed(seed, &["dropout".into(), steps.into()]);
-            let (stats, _) = train_step(
-                model,
-                &batch,
-                Regulariser::None,
-                &mut opt,
-                None,
-                Some(dropout),
-            )
-            .map_err(|e| format!("step {steps}: {e}"))?;
-            total += f64::from(stats.loss);
-            steps += 1;
-        }
-    }
-    Ok((total / steps.max(1) as f64) as f32)
+    let fit = Fit {
+        tokenizer,
+        device: store.device(),
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        reg: Regulariser::None,
+        clip: None,
+    };
+    crate::fit::fit(model, examples, &mut opt, &fit, seed, |_, _| Ok(()))
 }
 
 /// Loads a client's training examples by id.
