@@ -181,6 +181,13 @@ impl Plan {
 
                 for c in combos {
                     let params = matrix::merged_params(&spec.params, &c);
+                    // Expanded keys (`client: all`) also select upstream instances: a client's
+                    // personalization reads that client's Stage-1 instance only.
+                    let deps: Vec<usize> = deps
+                        .iter()
+                        .copied()
+                        .filter(|&i| matrix::compatible(&plan.instances[i].combo, &c))
+                        .collect();
                     let mut inst = Instance {
                         stage: stage.clone(),
                         kind: spec.kind.clone(),

@@ -6,6 +6,8 @@
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
 pub mod base_model;
+/// The device type of every tensor, for callers that only pass devices through.
+pub use candle_core::Device;
 pub mod fit;
 pub mod fl;
 pub mod generate;

@@ -119,6 +119,12 @@ impl Psg {
     }
 }
 
+/// A trained PSG saved as safetensors (frozen parameters, f32).
+pub fn load_psg(path: &std::path::Path, device: &Device) -> Result<ParamStore> {
+    ParamStore::load_safetensors(path, device, DType::F32, |_| false)
+        .map_err(|e| PsgError::Input(format!("{}: {e}", path.display())))
+}
+
 /// Σ |PSG(x) − λ_target| (summed L1, §5).
 pub fn regression_loss(pred: &Tensor, target: &Tensor) -> CResult<Tensor> {
     (pred - target)?.abs()?.sum_all()

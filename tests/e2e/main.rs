@@ -5,5 +5,6 @@ mod base_models;
 mod executor;
 mod manifest_errors;
 mod personalize;
+mod psg;
 mod tools;
 mod util;

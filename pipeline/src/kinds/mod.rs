@@ -3,8 +3,10 @@
 use crate::registry::Registry;
 
 pub mod base;
+pub mod client_base;
 pub mod partition;
 pub mod personalize;
+pub mod psg;
 pub mod testing;
 
 /// Environment variable that also registers the executor's test kinds (`test/*`). They exist for
@@ -16,6 +18,7 @@ pub fn registry() -> Registry {
     partition::register(&mut r);
     base::register(&mut r);
     personalize::register(&mut r);
+    psg::register(&mut r);
     if std::env::var_os(TEST_KINDS_ENV).is_some_and(|v| v == "1") {
         testing::register(&mut r);
     }

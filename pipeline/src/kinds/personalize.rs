@@ -3,31 +3,40 @@
 //! `predictions.csv`, `result.csv` (the report's classification-result schema) and `ranks.csv`.
 //! `report` (PAPER_NOTES §7) turns every upstream `result.csv` into the result tables.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use datasets::{PoolReader, Split};
+use datasets::{Example, Split};
 use serde::Deserialize;
 use serde_json::Value;
-use stages::base_model::device_from_name;
-use stages::personalize::{load_base, personalize_lora, LoraRun, METHODS};
+use stages::base_model::{device_from_name, ClassifierModel};
+use stages::fl::psg_client::psg_lambdas;
+use stages::methods::adalora::{personalize_adalora, AdaLoraRun};
+use stages::methods::all_linear;
+use stages::methods::ranked::{personalize_ranked, RankedRun};
+use stages::peft::bayestune::{LAMBDA_MAX, LAMBDA_MIN};
+use stages::personalize::{personalize_lora, LoraRun, Personalized, METHODS};
+use stages::rng::derive_seed;
+use stages::Device;
 
-use crate::context::StageContext;
+use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact};
+use super::psg::{read_psg, read_stage1, AdapterMeta};
+use crate::context::{InputArtifact, StageContext};
 use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
-use crate::report::{read::read_classification_results, write_report, ReportInputs};
+use crate::report::read::{read_classification_results, read_lambda_vectors, read_rank_records};
+use crate::report::Method;
+use crate::report::{write_report, ReportInputs, ReportOptions};
 
 pub fn register(r: &mut Registry) {
     r.register(Arc::new(PersonalizeKind));
     r.register(Arc::new(ReportKind));
 }
 
-// PAPER_NOTES §4: 2 epochs, lr 1e-4; batch 32 and length 128 as the base stages.
+// PAPER_NOTES §4, §6: 2 epochs; lr 1e-4 (AdaLoRA 1e-3); batch 32 and length 128 as the base
+// stages.
 fn default_epochs() -> usize {
     2
-}
-fn default_lr() -> f64 {
-    1e-4
 }
 fn default_batch() -> usize {
     32
@@ -45,12 +54,20 @@ struct PersonalizeParams {
     client: u32,
     #[serde(default = "default_epochs")]
     epochs: usize,
-    #[serde(default = "default_lr")]
-    lr: f64,
+    /// Default per method: 1e-3 for AdaLoRA, 1e-4 otherwise.
+    #[serde(default)]
+    lr: Option<f64>,
     #[serde(default = "default_batch")]
     batch_size: usize,
     #[serde(default = "default_max_len")]
     max_len: usize,
+}
+
+impl PersonalizeParams {
+    fn lr(&self) -> f64 {
+        self.lr
+            .unwrap_or(if self.method == "adalora" { 1e-3 } else { 1e-4 })
+    }
 }
 
 /// Partial params for validation before `client` is expanded.
@@ -59,33 +76,16 @@ struct MethodOnly {
     method: String,
 }
 
-const POOLS: [&str; 2] = ["seen", "unseen"];
-
-fn partition_dir<'a>(
-    inputs: impl Iterator<Item = &'a crate::context::InputArtifact>,
-) -> Result<PathBuf, StageError> {
-    let parts: Vec<_> = inputs
-        .filter(|a| a.kind.starts_with("partition/"))
-        .collect();
-    match parts.as_slice() {
-        [one] => Ok(one.dir.clone()),
-        _ => Err(StageError::msg(format!(
-            "personalize needs exactly one upstream partition stage, found {}",
-            parts.len()
-        ))),
-    }
-}
-
 struct PersonalizeKind;
 impl StageKind for PersonalizeKind {
     fn name(&self) -> &'static str {
         "personalize"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn describe(&self) -> &'static str {
-        "personalize a base model on one client (method lora) and score its test split"
+        "personalize a base model on one client (lora, adalora, bayestune_lora, fedp2eft) and score its test split"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let m: MethodOnly = typed_params(params)?;
@@ -112,7 +112,13 @@ impl StageKind for PersonalizeKind {
                 "`budget`, `epochs` and `batch_size` must be ≥ 1",
             ));
         }
-        if !(p.lr > 0.0 && p.lr.is_finite()) {
+        if p.method == "adalora" && p.budget < 2 {
+            return Err(ParamError::new(
+                Some("budget"),
+                "AdaLoRA needs `budget` ≥ 2 (initial rank ⌊1.5·r_b⌋ must exceed r_b)",
+            ));
+        }
+        if !(p.lr() > 0.0 && p.lr().is_finite()) {
             return Err(ParamError::new(Some("lr"), "`lr` must be positive"));
         }
         if p.max_len < 4 {
@@ -130,93 +136,65 @@ impl StageKind for PersonalizeKind {
             )));
         }
         let dir = partition_dir(plan.inputs.values().flatten())?;
-        let mut ids = Vec::new();
-        for pool in POOLS {
-            let r = PoolReader::open(dir.join(format!("{pool}.parquet")))?;
-            ids.extend(r.clients().iter().map(|c| Value::from(c.client_id)));
-        }
-        Ok(ids)
+        Ok(all_clients(&dir)?.into_iter().map(Value::from).collect())
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: PersonalizeParams = ctx.params()?;
         let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
-        let mut found = None;
-        for pool in POOLS {
-            let r = PoolReader::open(part.join(format!("{pool}.parquet")))?;
-            if let Some(c) = r
-                .clients()
-                .iter()
-                .find(|c| c.client_id == p.client)
-                .cloned()
-            {
-                found = Some((pool, r, c));
-                break;
-            }
-        }
-        let (pool, reader, info) = found.ok_or_else(|| {
-            StageError::msg(format!(
-                "client {} is in neither pool of partition {}",
-                p.client,
-                part.display()
-            ))
-        })?;
-        let base = ctx.single_input_of_kind("base/")?;
-        let base_model = base.kind.trim_start_matches("base/").to_string();
-        let state = base
-            .dir
-            .join("client_state")
-            .join(format!("{}.safetensors", p.client));
+        let shard = find_client(&part, p.client)?;
+        let base = BaseArtifact::of(ctx)?;
         let device = device_from_name(ctx.device()).map_err(err)?;
-        let model = load_base(
-            &base.dir.join("model"),
-            state.is_file().then_some(state.as_path()),
-            reader.labels(),
-            p.max_len,
-            &device,
-        )
-        .map_err(err)?;
-        let train = reader.load_client(p.client, Split::Train)?;
-        let test = reader.load_client(p.client, Split::Test)?;
+        let model = base.load(p.client, shard.reader.labels(), p.max_len, &device)?;
+        let train = shard.reader.load_client(p.client, Split::Train)?;
+        let test = shard.reader.load_client(p.client, Split::Test)?;
         if test.is_empty() {
             return Err(StageError::msg(format!(
                 "client {} has no test examples",
                 p.client
             )));
         }
-        let run = LoraRun {
-            budget: p.budget,
-            epochs: p.epochs,
-            lr: p.lr,
-            batch_size: p.batch_size,
-            seed: ctx.derive_seed(&["client".into(), u64::from(p.client).into()]),
-        };
-        let out = personalize_lora(model, &train, &test, &run).map_err(err)?;
+        let seed = ctx.derive_seed(&["client".into(), u64::from(p.client).into()]);
+        let (out, lambdas) = run_method(ctx, &p, model, &train, &test, seed, &device)?;
+        let lang = &shard.info.language;
         let mut preds = String::from("index,label,predicted\n");
         for (i, (l, y)) in out.predictions.iter().enumerate() {
             writeln!(preds, "{i},{l},{y}").expect("string write");
         }
-        let mut ranks = String::from("module,rank\n");
+        let mut ranks = String::from("method,budget,client_id,language,module,rank\n");
         for (m, r) in &out.ranks {
-            writeln!(ranks, "{m},{r}").expect("string write");
+            writeln!(
+                ranks,
+                "{},{},{},{lang},{m},{r}",
+                p.method, p.budget, p.client
+            )
+            .expect("string write");
         }
         let result = format!(
-            "dataset,pool,base_model,method,budget,seed,client_id,language,correct,total\n{},{pool},{base_model},{},{},{},{},{},{},{}\n",
-            reader.task().dataset,
+            "dataset,pool,base_model,method,budget,seed,client_id,language,correct,total\n{},{},{},{},{},{},{},{lang},{},{}\n",
+            shard.reader.task().dataset,
+            shard.pool,
+            base.method,
             p.method,
             p.budget,
             ctx.run_seed(),
             p.client,
-            info.language,
             out.correct(),
             out.predictions.len()
         );
         std::fs::write(ctx.out_dir().join("predictions.csv"), preds)?;
         std::fs::write(ctx.out_dir().join("ranks.csv"), ranks)?;
         std::fs::write(ctx.out_dir().join("result.csv"), result)?;
+        if let Some(l) = lambdas {
+            let mut csv = String::from("client_id,language,position,lambda\n");
+            for (i, v) in l.iter().flatten().enumerate() {
+                writeln!(csv, "{},{lang},{i},{v}", p.client).expect("string write");
+            }
+            std::fs::write(ctx.out_dir().join("lambdas.csv"), csv)?;
+        }
         ctx.log(&format!(
-            "client {} ({pool}, {}): {}/{} correct, mean train loss {}",
+            "client {} ({}, {lang}): {}/{} correct, mean train loss {}",
             p.client,
-            info.language,
+            shard.pool,
             out.correct(),
             out.predictions.len(),
             out.mean_train_loss
@@ -225,18 +203,131 @@ impl StageKind for PersonalizeKind {
     }
 }
 
+/// λ per module (r_max values each) that ranks were selected from.
+type Lambdas = Vec<Vec<f32>>;
+
+/// Runs `p.method`; also returns the λ the ranks were selected from (BayesTune methods).
+fn run_method(
+    ctx: &StageContext,
+    p: &PersonalizeParams,
+    model: ClassifierModel,
+    train: &[Example],
+    test: &[Example],
+    seed: u64,
+    device: &Device,
+) -> Result<(Personalized, Option<Lambdas>), StageError> {
+    let ranked = |lambdas: Vec<Vec<f32>>, meta: &AdapterMeta, init_seed: u64, model| {
+        let run = RankedRun {
+            budget: p.budget,
+            epochs: p.epochs,
+            lr: p.lr(),
+            batch_size: p.batch_size,
+            bayestune: meta.bayestune(),
+            init_seed,
+            seed,
+        };
+        personalize_ranked(model, train, test, &lambdas, &run)
+            .map(|out| (out, Some(lambdas)))
+            .map_err(err)
+    };
+    match p.method.as_str() {
+        "lora" => {
+            let run = LoraRun {
+                budget: p.budget,
+                epochs: p.epochs,
+                lr: p.lr(),
+                batch_size: p.batch_size,
+                seed,
+            };
+            Ok((
+                personalize_lora(model, train, test, &run).map_err(err)?,
+                None,
+            ))
+        }
+        "adalora" => {
+            let run = AdaLoraRun {
+                budget: p.budget,
+                epochs: p.epochs,
+                lr: p.lr(),
+                batch_size: p.batch_size,
+                seed,
+            };
+            Ok((
+                personalize_adalora(model, train, test, &run).map_err(err)?,
+                None,
+            ))
+        }
+        "fedp2eft" => {
+            let up = upstream(ctx, "psg/fedp2eft", p.client)?;
+            let (psg, cfg, meta) = read_psg(&up.dir, device)?;
+            let lambdas = psg_lambdas(&psg, &cfg, &model, train).map_err(StageError)?;
+            if lambdas.len() != all_linear(&model).len() {
+                return Err(StageError::msg(format!(
+                    "the PSG of {} gives λ for {} modules; this base model has {}",
+                    up.instance,
+                    lambdas.len(),
+                    all_linear(&model).len()
+                )));
+            }
+            // The adapters' A is this run's own seeded draw (§4: restored, never re-drawn).
+            let init_seed = derive_seed(seed, &["bayestune_init".into()]);
+            ranked(lambdas, &meta, init_seed, model)
+        }
+        "bayestune_lora" => {
+            let up = upstream(ctx, "lambda/bayestune", p.client)?;
+            let (mut lambdas, meta) = read_stage1(&up.dir, &all_linear(&model))?;
+            // §3: after the baseline's Stage 1, λ is hard-clamped to [1e-4, 1000].
+            for v in lambdas.iter_mut().flatten() {
+                *v = v.clamp(LAMBDA_MIN as f32, LAMBDA_MAX as f32);
+            }
+            let init_seed = meta.init_seed.ok_or_else(|| {
+                StageError::msg(format!("{}: stage1.json has no init_seed", up.instance))
+            })?;
+            ranked(lambdas, &meta, init_seed, model)
+        }
+        other => Err(StageError::msg(format!("unknown method `{other}`"))),
+    }
+}
+
+/// The upstream instance of `kind` this client's run reads: the single one, or the one whose
+/// `client` matrix value is this client.
+fn upstream<'a>(
+    ctx: &'a StageContext,
+    kind: &str,
+    client: u32,
+) -> Result<&'a InputArtifact, StageError> {
+    let all = ctx.inputs_of_kind(kind);
+    let of_client: Vec<_> = all
+        .iter()
+        .copied()
+        .filter(|a| a.combo.get("client").and_then(Value::as_u64) == Some(u64::from(client)))
+        .collect();
+    match (all.as_slice(), of_client.as_slice()) {
+        (_, [one]) | ([one], []) => Ok(one),
+        _ => Err(StageError::msg(format!(
+            "method needs one upstream `{kind}` instance for client {client}, found {} (add the stage to `needs`)",
+            all.len()
+        ))),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReportParams {}
+struct ReportParams {
+    /// Budgets of the rank-structure plots (paper Fig. 6–15: 2 and 16).
+    #[serde(default)]
+    rank_budgets: Option<Vec<u32>>,
+}
 
-/// Collects every upstream `personalize` result into `out/tables/` via `report::write_report`.
+/// Collects every upstream `personalize` result (accuracy, kept ranks, FedP2EFT's λ) into
+/// `out/tables/` via `report::write_report`.
 struct ReportKind;
 impl StageKind for ReportKind {
     fn name(&self) -> &'static str {
         "report"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn describe(&self) -> &'static str {
         "result tables and plots from every upstream personalize result"
@@ -245,6 +336,7 @@ impl StageKind for ReportKind {
         typed_params::<ReportParams>(params).map(|_| ())
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let p: ReportParams = ctx.params()?;
         let inputs = ctx.inputs_of_kind("personalize");
         if inputs.is_empty() {
             return Err(StageError::msg(format!(
@@ -253,22 +345,55 @@ impl StageKind for ReportKind {
             )));
         }
         let mut results = Vec::new();
+        let mut ranks = Vec::new();
+        let mut lambdas = Vec::new();
+        // Kept ranks and λ do not depend on the fine-tuning seed for FedP2EFT; keep the first
+        // instance's per (method, budget, client) so seeds do not count twice in the plots.
+        let mut seen_ranks = BTreeSet::new();
+        let mut seen_lambdas = BTreeSet::new();
         for a in inputs {
-            results.extend(read_classification_results(&a.dir.join("result.csv")).map_err(err)?);
+            let res = read_classification_results(&a.dir.join("result.csv")).map_err(err)?;
+            let is_psg = res.iter().any(|r| r.method == Method::FedP2eft);
+            results.extend(res);
+            let rank_file = a.dir.join("ranks.csv");
+            if rank_file.is_file() {
+                let recs = read_rank_records(&rank_file).map_err(err)?;
+                if let Some(r) = recs.first() {
+                    if seen_ranks.insert((r.method, r.budget, r.client_id.clone())) {
+                        ranks.extend(recs);
+                    }
+                }
+            }
+            let lambda_file = a.dir.join("lambdas.csv");
+            if is_psg && lambda_file.is_file() {
+                for v in read_lambda_vectors(&lambda_file).map_err(err)? {
+                    if seen_lambdas.insert(v.client_id.clone()) {
+                        lambdas.push(v);
+                    }
+                }
+            }
+        }
+        let mut opts = ReportOptions::default();
+        if let Some(b) = p.rank_budgets {
+            opts.rank_budgets = b;
         }
         let dir = ctx.out_dir().join("tables");
         let written = write_report(
             &ReportInputs {
                 classification: &results,
+                ranks: &ranks,
+                lambdas: &lambdas,
                 ..ReportInputs::default()
             },
-            &Default::default(),
+            &opts,
             &dir,
         )
         .map_err(err)?;
         ctx.log(&format!(
-            "{} results, {} files",
+            "{} results, {} rank records, {} λ vectors, {} files",
             results.len(),
+            ranks.len(),
+            lambdas.len(),
             written.len()
         ));
         Ok(())

@@ -297,6 +297,18 @@ mod tests {
     }
 
     #[test]
+    fn without_training_the_merged_model_predicts_like_the_base() {
+        let test = examples(9, 1);
+        let base = predict(&tiny_model(), &test, 4).unwrap();
+        let r = RankedRun {
+            epochs: 0,
+            ..run(2)
+        };
+        let out = personalize_ranked(tiny_model(), &examples(4, 0), &test, &lambdas(), &r).unwrap();
+        assert_eq!(out.predictions, base, "B = 0 merges to the base weights");
+    }
+
+    #[test]
     fn end_to_end_is_reproducible() {
         let (train, test) = (examples(12, 0), examples(6, 1));
         let a = personalize_ranked(tiny_model(), &train, &test, &lambdas(), &run(2)).unwrap();

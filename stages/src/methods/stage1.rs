@@ -84,7 +84,8 @@ pub fn train_stage1(
     }
     let net = BertForSequenceClassification::load(&store, &model.config, &cfg.bayestune.spec())
         .map_err(|e| s(e.to_string()))?;
-    let (lam, ab): (Vec<(String, Var)>, Vec<(String, Var)>) = store
+    type Named = Vec<(String, Var)>;
+    let (lam, ab): (Named, Named) = store
         .trainable()
         .into_iter()
         .filter(|(n, _)| is_adapter_param(n))
@@ -137,6 +138,44 @@ pub fn train_stage1(
     })
 }
 
+/// Writes λ per module as one safetensors file (tensor name = module name, r values each).
+pub fn write_lambdas(
+    path: &std::path::Path,
+    modules: &[crate::peft::LinearShape],
+    lambdas: &[Vec<f32>],
+) -> Result<()> {
+    let s = step("write λ");
+    let mut map = std::collections::HashMap::new();
+    for (m, l) in modules.iter().zip(lambdas) {
+        let t = Tensor::from_vec(l.clone(), l.len(), &candle_core::Device::Cpu)
+            .map_err(|e| s(e.to_string()))?;
+        map.insert(m.name.clone(), t);
+    }
+    crate::params::write_safetensors(&map, path).map_err(|e| s(format!("{}: {e}", path.display())))
+}
+
+/// Reads what [`write_lambdas`] wrote, in the order of `modules`.
+pub fn read_lambdas(
+    path: &std::path::Path,
+    modules: &[crate::peft::LinearShape],
+) -> Result<Vec<Vec<f32>>> {
+    let s = step("read λ");
+    let tensors = crate::params::read_safetensors(path, &candle_core::Device::Cpu)
+        .map_err(|e| s(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::with_capacity(modules.len());
+    for m in modules {
+        let t = tensors
+            .get(&m.name)
+            .ok_or_else(|| s(format!("{}: no λ for module `{}`", path.display(), m.name)))?;
+        out.push(
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| s(format!("{}: `{}`: {e}", path.display(), m.name)))?,
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +210,15 @@ mod tests {
         assert!(a.mean_loss.is_finite());
         let b = train_stage1(&model, &train, &cfg(), &LambdaInit::Constant, 1, 2).unwrap();
         assert_eq!(a, b, "same seeds, same λ");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lambda.safetensors");
+        let mods = all_linear(&model);
+        write_lambdas(&path, &mods, &a.lambdas).unwrap();
+        assert_eq!(
+            read_lambdas(&path, &mods).unwrap(),
+            a.lambdas,
+            "exact round trip"
+        );
         let c = train_stage1(&model, &train, &cfg(), &LambdaInit::Constant, 1, 3).unwrap();
         assert_ne!(a, c, "the shuffling seed matters");
         for (k, v) in model.store.export(|_| true).unwrap() {

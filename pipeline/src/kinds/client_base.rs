@@ -1,0 +1,139 @@
+//! What the per-client kinds (PSG training, Stage 1, personalization) share: the upstream
+//! partition, which pool a client is in, and the client's own base model (the shared `model/`
+//! plus its `client_state/<id>.safetensors` when the base method keeps private parameters).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datasets::{ClientInfo, PoolReader};
+use stages::base_model::ClassifierModel;
+use stages::personalize::load_base;
+use stages::Device;
+
+use crate::context::{InputArtifact, StageContext};
+use crate::registry::StageError;
+
+/// Both pools of a partition, seen first.
+pub const POOLS: [&str; 2] = ["seen", "unseen"];
+
+/// The single upstream `partition/*` among `inputs`.
+pub fn partition_dir<'a>(
+    inputs: impl Iterator<Item = &'a InputArtifact>,
+) -> Result<PathBuf, StageError> {
+    let parts: Vec<_> = inputs
+        .filter(|a| a.kind.starts_with("partition/"))
+        .collect();
+    match parts.as_slice() {
+        [one] => Ok(one.dir.clone()),
+        _ => Err(StageError::msg(format!(
+            "this stage needs exactly one upstream partition stage, found {}",
+            parts.len()
+        ))),
+    }
+}
+
+/// A client located in its pool.
+pub struct ClientShard {
+    pub pool: &'static str,
+    pub reader: PoolReader,
+    pub info: ClientInfo,
+}
+
+/// Finds `client` in the seen or unseen pool of the partition at `part`.
+pub fn find_client(part: &Path, client: u32) -> Result<ClientShard, StageError> {
+    for pool in POOLS {
+        let reader = PoolReader::open(part.join(format!("{pool}.parquet")))?;
+        if let Some(info) = reader
+            .clients()
+            .iter()
+            .find(|c| c.client_id == client)
+            .cloned()
+        {
+            return Ok(ClientShard { pool, reader, info });
+        }
+    }
+    Err(StageError::msg(format!(
+        "client {client} is in neither pool of partition {}",
+        part.display()
+    )))
+}
+
+/// The client ids of both pools (what `client: all` expands to).
+pub fn all_clients(part: &Path) -> Result<Vec<u32>, StageError> {
+    let mut ids = Vec::new();
+    for pool in POOLS {
+        let r = PoolReader::open(part.join(format!("{pool}.parquet")))?;
+        ids.extend(r.clients().iter().map(|c| c.client_id));
+    }
+    Ok(ids)
+}
+
+/// The upstream base model directory and its method id (`base/fedavg` → `fedavg`).
+pub struct BaseArtifact {
+    pub dir: PathBuf,
+    pub method: String,
+}
+
+impl BaseArtifact {
+    pub fn of(ctx: &StageContext) -> Result<Self, StageError> {
+        let base = ctx.single_input_of_kind("base/")?;
+        Ok(Self {
+            dir: base.dir.clone(),
+            method: base.kind.trim_start_matches("base/").to_string(),
+        })
+    }
+
+    fn client_state(&self, client: u32) -> PathBuf {
+        self.dir
+            .join("client_state")
+            .join(format!("{client}.safetensors"))
+    }
+
+    /// Whether clients have private parameters (DEPT, FedDPA-T).
+    pub fn is_per_client(&self) -> bool {
+        self.dir.join("client_state").is_dir()
+    }
+
+    /// `client`'s base: `model/` plus its private state when it has one (a client that never
+    /// trained keeps the starting values in `model/`).
+    pub fn load(
+        &self,
+        client: u32,
+        labels: &[String],
+        max_len: usize,
+        device: &Device,
+    ) -> Result<ClassifierModel, StageError> {
+        let state = self.client_state(client);
+        load_base(
+            &self.dir.join("model"),
+            state.is_file().then_some(state.as_path()),
+            labels,
+            max_len,
+            device,
+        )
+        .map_err(|e| StageError(e.to_string()))
+    }
+
+    /// A loader of clients' bases that reads the shared model once when no client has private
+    /// parameters.
+    pub fn loader<'a>(
+        &'a self,
+        labels: &'a [String],
+        max_len: usize,
+        device: &'a Device,
+    ) -> Result<stages::fl::psg_client::BaseLoader<'a>, StageError> {
+        if self.is_per_client() {
+            Ok(Box::new(move |c| {
+                self.load(c, labels, max_len, device)
+                    .map(Arc::new)
+                    .map_err(|e| e.0)
+            }))
+        } else {
+            let shared = Arc::new(
+                load_base(&self.dir.join("model"), None, labels, max_len, device)
+                    .map_err(|e| StageError(e.to_string()))?,
+            );
+            Ok(Box::new(move |_| Ok(shared.clone())))
+        }
+    }
+}

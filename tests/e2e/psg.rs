@@ -1,0 +1,192 @@
+//! FedP2EFT end to end on the fixture data: the federated PSG stage resumes bit-identically
+//! after `kill -9`, BayesTune's Stage 1 runs once per client whatever the number of budgets,
+//! and every BayesTune-based personalization keeps exactly r_b × #modules ranks.
+
+use std::time::Duration;
+
+use crate::util::Sandbox;
+
+const MANIFEST: &str = r#"
+name: psg
+seed: 11
+workdir: WORKDIR
+data_root: DATA
+stages:
+  part:
+    kind: partition/masakhanews
+    params:
+      languages: [eng, lin]
+      clients_per_language: 2
+      max_train_rows_per_language: 40
+      max_test_rows_per_language: 20
+  fedavg:
+    kind: base/fedavg
+    needs: [part]
+    params:
+      model: {tiny: {hidden: 16, layers: 1, heads: 2, intermediate: 32, vocab_size: 120, seed: 1}}
+      rounds: 1
+      fraction: 0.5
+      batch_size: 8
+      max_len: 32
+  psg:
+    kind: psg/fedp2eft
+    needs: [part, fedavg]
+    params:
+      rounds: ROUNDS
+      fraction: 0.5
+      r_max: 4
+      alpha: 8
+      batch_size: 8
+      max_len: 32
+"#;
+
+const PERSONALIZE: &str = r#"
+  stage1:
+    kind: lambda/bayestune
+    needs: [part, fedavg]
+    matrix:
+      client: all
+    params:
+      r_max: 4
+      alpha: 8
+      batch_size: 8
+      max_len: 32
+  pers:
+    kind: personalize
+    needs: [part, fedavg, psg, stage1]
+    matrix:
+      client: all
+      method: [bayestune_lora, fedp2eft]
+      budget: [1, 3]
+    params:
+      batch_size: 8
+      max_len: 32
+  report:
+    kind: report
+    needs: [pers]
+    params:
+      rank_budgets: [1, 3]
+"#;
+
+fn manifest(wd: &str, rounds: u32, personalize: bool) -> String {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data");
+    let mut m = MANIFEST
+        .replace("WORKDIR", wd)
+        .replace("DATA", data)
+        .replace("ROUNDS", &rounds.to_string());
+    if personalize {
+        m.push_str(PERSONALIZE);
+    }
+    m
+}
+
+/// Meta of every finished instance: (kind, out dir).
+fn instances(s: &Sandbox, wd: &str) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(s.path().join(wd).join("store"))
+        .unwrap()
+        .flatten()
+    {
+        let meta = std::fs::read_to_string(e.path().join("meta.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        let kind = v["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{meta}"))
+            .to_string();
+        out.push((kind, e.path().join("out")));
+    }
+    out
+}
+
+#[test]
+fn psg_training_killed_mid_run_resumes_bit_identical() {
+    let s = Sandbox::new();
+    s.write("clean.yaml", &manifest("clean", 8, false));
+    let t0 = std::time::Instant::now();
+    s.run(&["run", "clean.yaml"]).ok();
+    let clean_ms = t0.elapsed().as_millis() as u64;
+    let psg = |wd: &str| -> Vec<(String, Vec<u8>)> {
+        s.artifacts(wd)
+            .into_iter()
+            .filter(|(k, _)| k.contains("/psg/") || k.ends_with("/rounds.csv"))
+            .collect()
+    };
+    let reference = psg("clean");
+    // PSG weights + config, the base's and the PSG's rounds.csv.
+    assert_eq!(
+        reference.len(),
+        4,
+        "{:?}",
+        reference.iter().map(|r| &r.0).collect::<Vec<_>>()
+    );
+    let mut resumed_any = false;
+    for (trial, pct) in [60u64, 85].into_iter().enumerate() {
+        let wd = format!("t{trial}");
+        s.write(&format!("{wd}.yaml"), &manifest(&wd, 8, false));
+        let mut child = s
+            .command(&["run", &format!("{wd}.yaml"), "-q"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(clean_ms * pct / 100));
+        unsafe { libc::kill(child.id() as i32, 9) };
+        let _ = child.wait();
+        s.run(&["run", &format!("{wd}.yaml")]).ok();
+        assert_eq!(psg(&wd), reference, "trial {trial} ({pct}% of a clean run)");
+        resumed_any |= instances(&s, &wd).iter().any(|(_, out)| {
+            std::fs::read_to_string(out.parent().unwrap().join("meta.json"))
+                .is_ok_and(|m| m.contains("\"resumed\": true"))
+        });
+    }
+    assert!(resumed_any, "no trial resumed from a checkpoint");
+}
+
+#[test]
+fn stage1_once_per_client_and_exact_rank_budgets() {
+    let s = Sandbox::new();
+    s.write("m.yaml", &manifest("wd", 2, true));
+    s.run(&["run", "m.yaml", "-q"]).ok();
+    let all = instances(&s, "wd");
+    let count = |k: &str| all.iter().filter(|(kind, _)| kind == k).count();
+    // 2 languages × 2 clients × 2 pools = 8 clients; 2 methods × 2 budgets each.
+    assert_eq!(count("lambda/bayestune"), 8, "Stage 1 once per client");
+    assert_eq!(count("personalize"), 8 * 2 * 2);
+    // 1 layer × 6 linears + pooler + classifier = 8 modules.
+    for (_, out) in all.iter().filter(|(k, _)| k == "personalize") {
+        // The expanded `client` also selects the upstream: one Stage-1 instance, its own.
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.parent().unwrap().join("meta.json")).unwrap(),
+        )
+        .unwrap();
+        let ups = meta["inputs"]["stage1"].as_array().unwrap();
+        let client = meta["params"]["client"].as_u64().unwrap();
+        assert_eq!(ups.len(), 1, "{meta}");
+        assert!(
+            ups[0]["instance"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("client={client}]")),
+            "{meta}"
+        );
+        let ranks = std::fs::read_to_string(out.join("ranks.csv")).unwrap();
+        let rows: Vec<Vec<&str>> = ranks
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').collect())
+            .collect();
+        assert_eq!(rows.len(), 8, "{ranks}");
+        let budget: usize = rows[0][1].parse().unwrap();
+        let total: usize = rows.iter().map(|r| r[5].parse::<usize>().unwrap()).sum();
+        assert_eq!(total, budget * 8, "{ranks}");
+        let lambdas = std::fs::read_to_string(out.join("lambdas.csv")).unwrap();
+        assert_eq!(lambdas.lines().count(), 1 + 8 * 4, "r_max λ per module");
+    }
+    let report = all.iter().find(|(k, _)| k == "report").unwrap();
+    for f in [
+        "rank_structure_fedp2eft.svg",
+        "rank_structure_bayestune_lora.svg",
+        "lambda_distance_l2.csv",
+    ] {
+        assert!(report.1.join("tables").join(f).is_file(), "{f}");
+    }
+}
