@@ -1,5 +1,6 @@
-//! `export --csv DIR`: every result table of a run, plus one table describing every finished
-//! instance (timings, peak memory), written as CSV through polars.
+//! `export [--csv DIR]` (default `results/<manifest name>/`): every result table of a run (CSV
+//! through polars, plus the report's Markdown and plots as written), one table describing every
+//! finished instance (timings, peak memory) and the cost table (paper Table 5) built from them.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ pub fn export_csv(manifest: &Manifest, registry: &Registry, dir: &Path) -> Resul
     let plan = Plan::build(manifest, registry, &store, &mut DigestCache::default())?;
     std::fs::create_dir_all(dir).at(dir)?;
     let mut written = Vec::new();
+    let mut metas = std::collections::HashMap::new();
 
     let (mut stage, mut instance, mut kind, mut key) = (vec![], vec![], vec![], vec![]);
     let (mut wall, mut rss, mut start, mut resumed) = (vec![], vec![], vec![], vec![]);
@@ -37,18 +39,29 @@ pub fn export_csv(manifest: &Manifest, registry: &Registry, dir: &Path) -> Resul
         rss.push(meta.peak_rss_bytes as f64 / (1024.0 * 1024.0));
         start.push(meta.start_time.clone());
         resumed.push(meta.resumed);
+        metas.insert(inst.id.clone(), (meta, store.out_dir(k)));
 
         let tables = store.out_dir(k).join(TABLES_DIR);
         let Ok(entries) = std::fs::read_dir(&tables) else {
             continue;
         };
-        let mut files: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "csv"))
-            .collect();
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
         files.sort();
         for f in files {
+            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            if matches!(ext, "md" | "svg" | "png") {
+                let dest = dir.join(format!(
+                    "{}__{}",
+                    sanitize(&inst.id),
+                    f.file_name().unwrap_or_default().to_string_lossy()
+                ));
+                std::fs::copy(&f, &dest).at(&dest)?;
+                written.push(dest);
+                continue;
+            }
+            if ext != "csv" {
+                continue;
+            }
             let mut df = CsvReadOptions::default()
                 .with_has_header(true)
                 .try_into_reader_with_file_path(Some(f.clone()))
@@ -78,6 +91,15 @@ pub fn export_csv(manifest: &Manifest, registry: &Registry, dir: &Path) -> Resul
     let dest = dir.join("runs.csv");
     write_csv(&mut runs, &dest)?;
     written.push(dest);
+    let costs = crate::export_cost::cost_records(&metas)?;
+    if !costs.is_empty() {
+        let rows =
+            crate::report::cost_table(&costs).map_err(|e| PipelineError::Other(e.to_string()))?;
+        written.extend(
+            crate::report::write_cost_table(&rows, dir)
+                .map_err(|e| PipelineError::Other(e.to_string()))?,
+        );
+    }
     Ok(written)
 }
 

@@ -9,6 +9,7 @@ pub mod dag;
 pub mod error;
 pub mod executor;
 pub mod export;
+pub mod export_cost;
 pub mod key;
 pub mod kinds;
 pub mod lock;

@@ -85,9 +85,9 @@ enum Command {
     Export {
         #[command(flatten)]
         m: ManifestArgs,
-        /// Directory to write the CSV files into.
+        /// Directory to write the tables into [default: results/<manifest name>].
         #[arg(long, value_name = "DIR")]
-        csv: PathBuf,
+        csv: Option<PathBuf>,
     },
     /// Delete the workdir, or only store entries the manifest no longer references.
     Clean {
@@ -260,6 +260,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Export { m, csv } => {
             let manifest = load(&m, &registry)?;
+            let csv = csv.unwrap_or_else(|| PathBuf::from("results").join(&manifest.name));
             let files = export::export_csv(&manifest, &registry, &csv)
                 .with_context(|| format!("exporting to {}", csv.display()))?;
             for f in &files {

@@ -414,15 +414,38 @@ fn smoke_manifest_runs_and_is_cached() {
     assert!(sampled.windows(2).all(|w| w[0] == w[1]), "{sampled:?}");
     let v = run(&["verify", &manifest, "--workdir", "wd"]);
     v.ok();
-    let e = run(&["export", &manifest, "--workdir", "wd", "--csv", "csv"]);
+    // Without --csv, export writes to results/<manifest name>/.
+    let e = run(&["export", &manifest, "--workdir", "wd"]);
     e.ok();
-    assert!(s.path().join("csv/runs.csv").is_file());
-    // The report stage's result tables (LoRA personalization of the FedAvg base) are exported.
+    let out = s.path().join("results/smoke");
+    assert!(out.join("runs.csv").is_file());
+    // The report stage's result tables (every method on the FedAvg base) are exported, with
+    // their Markdown and plots.
     for pool in ["seen", "unseen"] {
-        let t = s
-            .path()
-            .join(format!("csv/report_news__masakhanews_{pool}_fedavg.csv"));
+        let t = out.join(format!("report_news__masakhanews_{pool}_fedavg.csv"));
         let csv = std::fs::read_to_string(&t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));
-        assert!(csv.lines().skip(1).any(|l| l.contains(",lora,")), "{csv}");
+        for method in ["lora", "adalora", "bayestune_lora", "fedp2eft"] {
+            assert!(
+                csv.lines()
+                    .skip(1)
+                    .any(|l| l.contains(&format!(",{method},"))),
+                "{csv}"
+            );
+        }
+        assert!(out
+            .join(format!("report_news__masakhanews_{pool}_fedavg.md"))
+            .is_file());
+    }
+    assert!(out
+        .join("report_news__rank_structure_fedp2eft.png")
+        .is_file());
+    // Table 5: FedP2EFT's federated training per client-round and every method's inference.
+    let cost = std::fs::read_to_string(out.join("cost.csv")).unwrap();
+    assert!(cost.contains("fedp2eft,federated_training,"), "{cost}");
+    for method in ["lora", "adalora", "bayestune_lora", "fedp2eft"] {
+        assert!(
+            cost.contains(&format!("{method},personalization,")),
+            "{cost}"
+        );
     }
 }
