@@ -324,8 +324,13 @@ pub fn train_feddpa(
 }
 
 /// Writes each client's persistent tensors to `dir/<client id>.safetensors` (DEPT: only the
-/// client's `*_embeddings*` tensors).
-pub fn save_client_states(states: &BTreeMap<u32, crate::fl::Weights>, dir: &Path) -> Result<()> {
+/// client's `*_embeddings*` tensors), compactly: matrices as the rows that differ from
+/// `shared` (the saved base model), see `client_state`.
+pub fn save_client_states(
+    states: &BTreeMap<u32, crate::fl::Weights>,
+    shared: &ParamStore,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| BaseModelError::Io {
         path: dir.to_path_buf(),
         source,
@@ -333,6 +338,8 @@ pub fn save_client_states(states: &BTreeMap<u32, crate::fl::Weights>, dir: &Path
     for (client, w) in states {
         let map: HashMap<String, candle_core::Tensor> =
             w.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let map = crate::client_state::compact(&map, shared)
+            .map_err(|e| BaseModelError::Invalid(format!("client {client}: {e}")))?;
         crate::params::write_safetensors(&map, &dir.join(format!("{client}.safetensors")))
             .map_err(|e| BaseModelError::Invalid(e.to_string()))?;
     }
@@ -467,13 +474,26 @@ mod tests {
         assert_ne!(st.persistent[&0][emb].to_vec2::<f32>().unwrap(), emb0);
         assert!(!st.global.contains_key(emb));
         let dir = tempfile::tempdir().unwrap();
-        save_client_states(&st.persistent, &dir.path().join("clients")).unwrap();
+        save_client_states(&st.persistent, &d.store, &dir.path().join("clients")).unwrap();
         let back0 = crate::params::read_safetensors(
             &dir.path().join("clients/0.safetensors"),
             &Device::Cpu,
         )
         .unwrap();
-        assert!(back0.keys().all(|k| k.contains("_embeddings")) && back0.len() == 3);
+        // Word, position, token-type embeddings: each as changed rows + their values.
+        assert!(back0.keys().all(|k| k.contains("_embeddings")) && back0.len() == 6);
+        let rows = back0[&format!("{emb}.__rows")].dims1().unwrap();
+        assert!(
+            rows > 0 && rows < emb0.len(),
+            "{rows} of {} rows stored",
+            emb0.len()
+        );
+        let full = crate::client_state::expand(back0, &d.store).unwrap();
+        assert_eq!(
+            full[emb].to_vec2::<f32>().unwrap(),
+            st.persistent[&0][emb].to_vec2::<f32>().unwrap(),
+            "compact client state expands to the trained embeddings exactly"
+        );
 
         let out = dir.path().join("model");
         save_classifier(&m, &out).unwrap();

@@ -6,6 +6,7 @@
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
 pub mod base_model;
+pub mod client_state;
 /// The device type of every tensor, for callers that only pass devices through.
 pub use candle_core::Device;
 pub mod fit;

@@ -35,6 +35,8 @@ pub enum ParamError {
     },
     #[error("safetensors serialisation: {0}")]
     Serialize(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -98,6 +98,8 @@ pub fn load_base(
         };
         let tensors =
             crate::params::read_safetensors(path, device).map_err(|e| bad(e.to_string()))?;
+        let tensors =
+            crate::client_state::expand(tensors, &model.store).map_err(|e| bad(e.to_string()))?;
         let (adapters, plain): (Vec<_>, Vec<_>) =
             tensors.into_iter().partition(|(n, _)| is_adapter_param(n));
         for (name, _) in &plain {

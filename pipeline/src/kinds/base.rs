@@ -311,7 +311,12 @@ fn run_federated(
     let state = train(&mut model, &clients, load, &run, resume, &mut after_round)?;
     save_classifier(&model, &ctx.out_dir().join("model")).map_err(err)?;
     if save_client_state {
-        save_client_states(&state.persistent, &ctx.out_dir().join("client_state")).map_err(err)?;
+        save_client_states(
+            &state.persistent,
+            &model.store,
+            &ctx.out_dir().join("client_state"),
+        )
+        .map_err(err)?;
     }
     std::fs::write(ctx.out_dir().join("rounds.csv"), rounds_csv(&state.metrics))?;
     if let Some(last) = state.metrics.last() {
