@@ -6,6 +6,7 @@
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
 pub mod base_model;
+pub mod causal_lm;
 pub mod client_state;
 /// The device type of every tensor, for callers that only pass devices through.
 pub use candle_core::Device;
@@ -24,5 +25,6 @@ pub mod personalize;
 pub mod predict;
 pub mod psg;
 pub mod rng;
+pub mod task;
 pub mod tokenize;
 pub mod train;

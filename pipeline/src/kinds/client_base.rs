@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datasets::{ClientInfo, PoolReader};
-use stages::base_model::ClassifierModel;
+use stages::base_model::TaskSetup;
 use stages::personalize::load_base;
+use stages::task::TaskModel;
+use stages::tokenize::PromptTemplate;
 use stages::Device;
 
 use crate::context::{InputArtifact, StageContext};
@@ -94,21 +96,24 @@ impl BaseArtifact {
         self.dir.join("client_state").is_dir()
     }
 
+    /// The prompt template the base model was trained with (generation).
+    pub fn prompt(&self) -> Result<PromptTemplate, StageError> {
+        super::task::read_prompt(&self.dir.join("model"))
+    }
+
     /// `client`'s base: `model/` plus its private state when it has one (a client that never
     /// trained keeps the starting values in `model/`).
     pub fn load(
         &self,
         client: u32,
-        labels: &[String],
-        max_len: usize,
+        setup: &TaskSetup,
         device: &Device,
-    ) -> Result<ClassifierModel, StageError> {
+    ) -> Result<TaskModel, StageError> {
         let state = self.client_state(client);
         load_base(
             &self.dir.join("model"),
             state.is_file().then_some(state.as_path()),
-            labels,
-            max_len,
+            setup,
             device,
         )
         .map_err(|e| StageError(e.to_string()))
@@ -118,19 +123,16 @@ impl BaseArtifact {
     /// parameters.
     pub fn loader<'a>(
         &'a self,
-        labels: &'a [String],
-        max_len: usize,
+        setup: &'a TaskSetup,
         device: &'a Device,
     ) -> Result<stages::fl::psg_client::BaseLoader<'a>, StageError> {
         if self.is_per_client() {
             Ok(Box::new(move |c| {
-                self.load(c, labels, max_len, device)
-                    .map(Arc::new)
-                    .map_err(|e| e.0)
+                self.load(c, setup, device).map(Arc::new).map_err(|e| e.0)
             }))
         } else {
             let shared = Arc::new(
-                load_base(&self.dir.join("model"), None, labels, max_len, device)
+                load_base(&self.dir.join("model"), None, setup, device)
                     .map_err(|e| StageError(e.to_string()))?,
             );
             Ok(Box::new(move |_| Ok(shared.clone())))

@@ -7,6 +7,7 @@ pub mod client_base;
 pub mod partition;
 pub mod personalize;
 pub mod psg;
+pub mod task;
 pub mod testing;
 
 /// Environment variable that also registers the executor's test kinds (`test/*`). They exist for

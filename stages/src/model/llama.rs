@@ -422,6 +422,13 @@ impl LlamaForCausalLM {
 /// [`crate::tokenize::IGNORE_INDEX`] are skipped; the mean is over the remaining tokens
 /// (`ForCausalLMLoss` with `num_items_in_batch=None`). `labels` is `i64 (batch, seq)`.
 pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (sum, n) = causal_lm_loss_sum(logits, labels)?;
+    sum / n as f64
+}
+
+/// Summed token cross-entropy of [`causal_lm_loss`] and the number of response tokens it sums
+/// over (HF divides by the tokens of the whole accumulation group, `num_items_in_batch`).
+pub fn causal_lm_loss_sum(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, usize)> {
     let (b, t, v) = logits.dims3()?;
     let lab = labels.to_dtype(DType::I64)?.to_vec2::<i64>()?;
     let mut rows = Vec::new();
@@ -447,8 +454,10 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let n = rows.len();
     let flat = logits.reshape((b * t, v))?;
     let picked = flat.index_select(&Tensor::from_vec(rows, n, logits.device())?, 0)?;
-    let targets = Tensor::from_vec(targets, n, logits.device())?;
-    candle_nn::loss::cross_entropy(&picked.to_dtype(DType::F32)?, &targets)
+    let targets = Tensor::from_vec(targets, (n, 1), logits.device())?;
+    let logp = candle_nn::ops::log_softmax(&picked.to_dtype(DType::F32)?, D::Minus1)?;
+    let sum = logp.gather(&targets, 1)?.sum_all()?.neg()?;
+    Ok((sum, n))
 }
 
 /// Last-position logits `(batch, vocab)` of `(batch, seq, vocab)`.
