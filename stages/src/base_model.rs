@@ -480,6 +480,7 @@ pub fn copy_model_dir(src: &Path, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peft::lora::TargetModules;
     use datasets::Example;
 
     fn texts() -> std::result::Result<Vec<String>, String> {
@@ -647,5 +648,121 @@ mod tests {
         assert!(copy.join("tokenizer.json").is_file());
         let e = copy_model_dir(dir.path(), &dir.path().join("x")).unwrap_err();
         assert!(e.to_string().contains("config.json is missing"), "{e}");
+    }
+
+    /// The causal-LM setup of Standard FL: only the LoRA is averaged (and checkpointed), each
+    /// round trains a fixed number of accumulated steps at the round's cosine lr, and the
+    /// trained adapter ends merged into the saved weights.
+    #[test]
+    fn llama_fedavg_averages_only_the_lora_and_merges_it() {
+        use crate::causal_lm::{build_causal_lm, LmSettings, TinyLlama};
+        use crate::fl::fedavg_client::RoundLr;
+        use crate::tokenize::PromptTemplate;
+        let shard = |c: u32| -> Vec<Example> {
+            (0..6)
+                .map(|i| Example {
+                    text_a: format!("Say {c} {i}"),
+                    text_b: Some(format!("ok {i}")),
+                    label_id: None,
+                    language: "en".into(),
+                })
+                .collect()
+        };
+        let build = || -> TaskModel {
+            let texts = || Ok((0..2).flat_map(shard).map(|e| e.text_a).collect());
+            build_causal_lm(
+                &ModelSource::TinyLlama(TinyLlama {
+                    hidden: 16,
+                    layers: 1,
+                    heads: 2,
+                    kv_heads: 1,
+                    intermediate: 32,
+                    vocab_size: 400,
+                    seed: 2,
+                }),
+                LmSettings {
+                    prompt: PromptTemplate::Alpaca,
+                    max_len: 128,
+                    max_new_tokens: 2,
+                },
+                texts,
+                &Device::Cpu,
+            )
+            .unwrap()
+            .into()
+        };
+        let sgd = LocalSgdConfig {
+            accumulate: 2,
+            max_steps: Some(2),
+            round_lr: RoundLr::Cosine {
+                rounds: 2,
+                min_lr: 1e-6,
+            },
+            ..LocalSgdConfig::epochs(1e-2, 0.0, 1, 2)
+        };
+        assert_eq!(
+            sgd.lr_at(2),
+            1e-6,
+            "cosine reaches min_lr at the last round"
+        );
+        assert!((sgd.lr_at(1) - (1e-6 + 0.5 * (1e-2 - 1e-6))).abs() < 1e-15);
+        let run = FedAvgRun {
+            engine: EngineConfig {
+                rounds: 2,
+                fraction: 1.0,
+                min_clients: 1,
+                eval_every: None,
+                seed: 4,
+            },
+            sgd,
+            eval_examples: Vec::new(),
+            lora: Some(FedLora {
+                rank: 2,
+                alpha: 4.0,
+                dropout: 0.05,
+                targets: TargetModules::AllLinear,
+                seed: 9,
+            }),
+        };
+        let mut m = build();
+        let before = m.store().export(|_| true).unwrap();
+        let load: ShardLoader = Box::new(|c| Ok(shard(c)));
+        let st = train_fedavg(&mut m, &[0, 1], load, &run, None, None, |_| Ok(())).unwrap();
+        assert!(!st.global.is_empty());
+        assert!(
+            st.global.keys().all(|k| crate::peft::is_adapter_param(k)),
+            "only the LoRA is federated: {:?}",
+            st.global.keys().collect::<Vec<_>>()
+        );
+        // 2 steps × batch 2 × accumulation 2 = 4 of each client's 6 examples per round.
+        assert_eq!(st.metrics.len(), 2);
+        let after = m.store().export(|_| true).unwrap();
+        assert_eq!(before.len(), after.len(), "adapters merged away");
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        assert_ne!(
+            before[q].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            after[q].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        let emb = "model.embed_tokens.weight";
+        assert_eq!(
+            before[emb].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            after[emb].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "base weights outside the adapted linears never change"
+        );
+        let mut again = build();
+        let load: ShardLoader = Box::new(|c| Ok(shard(c)));
+        train_fedavg(&mut again, &[0, 1], load, &run, None, None, |_| Ok(())).unwrap();
+        assert_eq!(
+            again
+                .store()
+                .get(q)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            after[q].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "reproducible"
+        );
     }
 }

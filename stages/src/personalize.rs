@@ -372,4 +372,80 @@ mod tests {
             .unwrap();
         assert!(diff < 1e-6, "max |ΔW − B·A| = {diff}");
     }
+
+    /// The generation path end to end: a LoRA on a tiny causal LM trained on completion-only
+    /// batches (accumulated) learns its clients' responses, is merged, and greedy decoding
+    /// then reproduces them; the same run is bit-reproducible.
+    #[test]
+    fn lora_on_a_causal_lm_learns_the_responses() {
+        use crate::causal_lm::{build_causal_lm, LmSettings, TinyLlama};
+        use crate::tokenize::PromptTemplate;
+        let words = ["red", "blue", "green", "gold"];
+        let examples: Vec<Example> = words
+            .iter()
+            .map(|w| Example {
+                text_a: format!("Name the colour {w}"),
+                text_b: Some(format!("{w} {w}")),
+                label_id: None,
+                language: "en".into(),
+            })
+            .collect();
+        let build = || -> TaskModel {
+            let texts = || {
+                Ok(examples
+                    .iter()
+                    .map(|e| format!("{} {}", e.text_a, e.text_b.as_ref().unwrap()))
+                    .collect())
+            };
+            build_causal_lm(
+                &ModelSource::TinyLlama(TinyLlama {
+                    hidden: 32,
+                    layers: 2,
+                    heads: 4,
+                    kv_heads: 2,
+                    intermediate: 64,
+                    vocab_size: 420,
+                    seed: 11,
+                }),
+                LmSettings {
+                    prompt: PromptTemplate::Alpaca,
+                    max_len: 128,
+                    max_new_tokens: 6,
+                },
+                texts,
+                &Device::Cpu,
+            )
+            .unwrap()
+            .into()
+        };
+        let run = LoraRun {
+            budget: 8,
+            epochs: 60,
+            lr: 1e-2,
+            batch_size: 2,
+            accumulate: 2,
+            seed: 3,
+        };
+        let base = build();
+        let before = evaluate(&base, base.store(), &examples, 4).unwrap();
+        let out = personalize_lora(build(), &examples, &examples, &run).unwrap();
+        let texts = out.predictions.texts().unwrap();
+        let hits = texts
+            .iter()
+            .zip(&examples)
+            .filter(|(t, e)| t.as_str() == e.text_b.as_deref().unwrap())
+            .count();
+        assert!(
+            hits >= 3,
+            "learned {hits}/4: {texts:?} (before: {before:?})"
+        );
+        assert_ne!(
+            Some(texts),
+            before.texts(),
+            "training changed the generations"
+        );
+        assert_eq!(out.ranks.len(), 2 * 7, "q,k,v,o,gate,up,down per layer");
+        let again = personalize_lora(build(), &examples, &examples, &run).unwrap();
+        assert_eq!(out, again);
+    }
 }

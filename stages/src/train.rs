@@ -295,4 +295,77 @@ mod tests {
         assert_eq!(a, run(11));
         assert_ne!(a, run(12), "different dropout seeds should change the loss");
     }
+
+    /// Accumulating two micro-batches divides by the tokens of both, so the step's gradient
+    /// equals that of one batch holding all four sequences (up to f32 summation order, 1e-6).
+    #[test]
+    fn accumulated_micro_batches_equal_one_large_batch() {
+        use crate::causal_lm::tests::{ex, tiny};
+        use crate::peft::lora::add_lora;
+        use crate::peft::{AdapterKind, AdapterSpec};
+        let m = tiny();
+        let examples: Vec<_> = (0..4).map(ex).collect();
+        let grads_of = |groups: Vec<Vec<usize>>| {
+            let mut store = m.store.clone();
+            store.set_trainable(|_| false).unwrap();
+            let mods = crate::model::llama::llama_linear_modules(&m.config);
+            add_lora(&mut store, &mods, |_| 2, 3, DType::F32).unwrap();
+            // B ≠ 0 so every adapter tensor gets a gradient.
+            for md in &mods {
+                let b = crate::peft::b_name(&md.name);
+                let t = (store.get(&b).unwrap().ones_like().unwrap() * 0.01).unwrap();
+                store.insert(&b, t, true).unwrap();
+            }
+            let spec = AdapterSpec {
+                kind: AdapterKind::Lora { alpha: 4.0 },
+                dropout: 0.0,
+            };
+            let net = Net::Llama(m.net(&store, &spec).unwrap());
+            let batches: Vec<Batch> = groups
+                .iter()
+                .map(|g| Batch::CausalLm(m.batch(&examples, g).unwrap()))
+                .collect();
+            let mut opt = Adam::new(
+                AdamConfig::adamw(),
+                vec![ParamGroup {
+                    params: store.trainable(),
+                    lr: 0.0,
+                    weight_decay: 0.0,
+                }],
+            )
+            .unwrap();
+            let (_, g) =
+                train_step(&net, &batches, Regulariser::None, &mut opt, None, None).unwrap();
+            store
+                .trainable()
+                .into_iter()
+                .map(|(n, v)| {
+                    (
+                        n,
+                        g.get(v.as_tensor())
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let one = grads_of(vec![vec![0, 1, 2, 3]]);
+        let two = grads_of(vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(one.len(), two.len());
+        let mut worst = 0f32;
+        for ((n1, a), (n2, b)) in one.iter().zip(&two) {
+            assert_eq!(n1, n2);
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            for (x, y) in a.iter().zip(b) {
+                worst = worst.max((x - y).abs() / scale);
+            }
+        }
+        assert!(
+            worst <= 1e-5,
+            "accumulated vs one batch: max relative difference {worst:e}"
+        );
+    }
 }

@@ -7,6 +7,7 @@ pub mod client_base;
 pub mod partition;
 pub mod personalize;
 pub mod psg;
+pub mod score;
 pub mod task;
 pub mod testing;
 
@@ -20,6 +21,7 @@ pub fn registry() -> Registry {
     base::register(&mut r);
     personalize::register(&mut r);
     psg::register(&mut r);
+    score::register(&mut r);
     if std::env::var_os(TEST_KINDS_ENV).is_some_and(|v| v == "1") {
         testing::register(&mut r);
     }

@@ -26,7 +26,9 @@ use super::psg::{read_psg, read_stage1, AdapterMeta};
 use super::task::TaskOptions;
 use crate::context::{InputArtifact, StageContext};
 use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
-use crate::report::read::{read_classification_results, read_lambda_vectors, read_rank_records};
+use crate::report::read::{
+    read_classification_results, read_generation_scores, read_lambda_vectors, read_rank_records,
+};
 use crate::report::Method;
 use crate::report::{write_report, ReportInputs, ReportOptions};
 
@@ -404,10 +406,10 @@ impl StageKind for ReportKind {
         "report"
     }
     fn version(&self) -> u32 {
-        2
+        3
     }
     fn describe(&self) -> &'static str {
-        "result tables and plots from every upstream personalize result"
+        "result tables and plots from every upstream personalize result (and score stage)"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         typed_params::<ReportParams>(params).map(|_| ())
@@ -417,9 +419,15 @@ impl StageKind for ReportKind {
         let inputs = ctx.inputs_of_kind("personalize");
         if inputs.is_empty() {
             return Err(StageError::msg(format!(
-                "stage `{}` needs upstream `personalize` stages",
+                "stage `{}` needs upstream `personalize` stages (and a `score` stage for generation datasets)",
                 ctx.stage()
             )));
+        }
+        let mut generation = Vec::new();
+        for a in ctx.inputs_of_kind("score") {
+            generation.extend(
+                read_generation_scores(&a.dir.join(super::score::SCORES_FILE)).map_err(err)?,
+            );
         }
         let mut results = Vec::new();
         let mut ranks = Vec::new();
@@ -429,13 +437,18 @@ impl StageKind for ReportKind {
         let mut seen_ranks = BTreeSet::new();
         let mut seen_lambdas = BTreeSet::new();
         for a in inputs {
-            let res = read_classification_results(&a.dir.join("result.csv")).map_err(err)?;
-            let is_psg = res.iter().any(|r| r.method == Method::FedP2eft);
-            results.extend(res);
+            // Classification instances carry their accuracy counts; generation ones are scored
+            // by the `score` stage.
+            let result_file = a.dir.join("result.csv");
+            if result_file.is_file() {
+                results.extend(read_classification_results(&result_file).map_err(err)?);
+            }
             let rank_file = a.dir.join("ranks.csv");
+            let mut is_psg = false;
             if rank_file.is_file() {
                 let recs = read_rank_records(&rank_file).map_err(err)?;
                 if let Some(r) = recs.first() {
+                    is_psg = r.method == Method::FedP2eft;
                     if seen_ranks.insert((r.method, r.budget, r.client_id.clone())) {
                         ranks.extend(recs);
                     }
@@ -458,6 +471,7 @@ impl StageKind for ReportKind {
         let written = write_report(
             &ReportInputs {
                 classification: &results,
+                generation: &generation,
                 ranks: &ranks,
                 lambdas: &lambdas,
                 ..ReportInputs::default()
@@ -467,8 +481,9 @@ impl StageKind for ReportKind {
         )
         .map_err(err)?;
         ctx.log(&format!(
-            "{} results, {} rank records, {} λ vectors, {} files",
+            "{} classification results, {} generation scores, {} rank records, {} λ vectors, {} files",
             results.len(),
+            generation.len(),
             ranks.len(),
             lambdas.len(),
             written.len()
