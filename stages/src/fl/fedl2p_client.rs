@@ -1,0 +1,361 @@
+//! A FedL2P client round on a BERT classifier (PAPER_NOTES §6): split the client's training
+//! examples 80/20 into train/val, meta-data of the train part, LoRA of rank r_b on every linear
+//! from the run's shared init (as the reference seeds the adapters identically for every
+//! client), then `fedl2p::meta::meta_train`; the LR network and post-multipliers go back for
+//! FedAvg by train-part size. The client's mean validation loss is reported through
+//! [`LocalTrainer::evaluate`] as the round's `eval` (the server's early-stopping signal).
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor, Var};
+use datasets::Example;
+
+use super::classifier_client::{classifier_batch, ShardLoader};
+use super::engine::{ClientRound, ClientUpdate, EngineState, LocalTrainer, Weights};
+use super::psg_client::BaseLoader;
+use crate::fedl2p::lr_net::LrNetConfig;
+use crate::fedl2p::meta::{meta_train, MetaConfig};
+use crate::fedl2p::{split_train_val, Fedl2pError, InnerModel, Split};
+use crate::methods::fedl2p::lora_adapters;
+use crate::methods::meta_features;
+use crate::model::bert::{cross_entropy, BertForSequenceClassification};
+use crate::nn::DropoutRng;
+use crate::params::{safetensors_bytes, tensors_from_bytes, ParamStore};
+use crate::peft::layer::ForwardCtx;
+use crate::rng::derive_seed;
+use crate::tokenize::TextTokenizer;
+
+/// FedL2P's adapted BERT as an [`InnerModel`]: LoRA matrices in LR order, losses on the
+/// client's train / validation parts.
+pub struct BertLoraInner<'a> {
+    net: BertForSequenceClassification,
+    params: Vec<Var>,
+    train: &'a [Example],
+    val: &'a [Example],
+    tokenizer: &'a TextTokenizer,
+    device: Device,
+}
+
+impl InnerModel for BertLoraInner<'_> {
+    fn params(&self) -> &[Var] {
+        &self.params
+    }
+
+    fn len(&self, split: Split) -> usize {
+        match split {
+            Split::Train => self.train.len(),
+            Split::Val => self.val.len(),
+        }
+    }
+
+    fn loss(
+        &self,
+        split: Split,
+        idx: &[usize],
+        dropout_seed: u64,
+    ) -> crate::fedl2p::Result<Tensor> {
+        let examples = match split {
+            Split::Train => self.train,
+            Split::Val => self.val,
+        };
+        let batch = classifier_batch(examples, idx, self.tokenizer, &self.device)
+            .map_err(Fedl2pError::Model)?;
+        let rng = DropoutRng::new(dropout_seed);
+        let logits = self.net.forward(&batch.input, &ForwardCtx::train(&rng))?;
+        Ok(cross_entropy(&logits, &batch.labels)?)
+    }
+}
+
+/// Settings of a FedL2P round; `paper` is PAPER_NOTES §6.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fedl2pRoundConfig {
+    /// r_b: rank of every adapter.
+    pub budget: usize,
+    pub val_ratio: f64,
+    pub net: LrNetConfig,
+    pub meta: MetaConfig,
+    /// Seed of the adapters' initial A, shared by every client and round.
+    pub init_seed: u64,
+    /// Seed of the train/val splits (per client: derived with the client id).
+    pub split_seed: u64,
+}
+
+impl Fedl2pRoundConfig {
+    pub fn paper(linears: usize, budget: usize, init_seed: u64, split_seed: u64) -> Self {
+        Self {
+            budget,
+            val_ratio: VAL_RATIO,
+            net: LrNetConfig::paper(linears),
+            meta: MetaConfig::default(),
+            init_seed,
+            split_seed,
+        }
+    }
+}
+
+/// Fraction of a client's training examples held out for the meta-objective [code].
+pub const VAL_RATIO: f64 = 0.2;
+
+/// A client's (train, val) parts: the same split in federated training and personalization.
+pub fn client_split(
+    examples: &[Example],
+    val_ratio: f64,
+    split_seed: u64,
+    client: u32,
+) -> Result<(Vec<Example>, Vec<Example>), String> {
+    split_train_val(
+        examples,
+        val_ratio,
+        derive_seed(split_seed, &[client.into()]),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// [`LocalTrainer`] of FedL2P's federated training. Meta-data are cached per client (the base
+/// never changes); the validation losses of the current round are kept for `evaluate`.
+pub struct Fedl2pClient<'a> {
+    base: BaseLoader<'a>,
+    shards: ShardLoader<'a>,
+    cfg: Fedl2pRoundConfig,
+    device: Device,
+    features: HashMap<u32, Tensor>,
+    round: u64,
+    val_losses: Vec<f32>,
+}
+
+impl<'a> Fedl2pClient<'a> {
+    pub fn new(
+        base: BaseLoader<'a>,
+        shards: ShardLoader<'a>,
+        cfg: Fedl2pRoundConfig,
+        device: Device,
+    ) -> Self {
+        Self {
+            base,
+            shards,
+            cfg,
+            device,
+            features: HashMap::new(),
+            round: 0,
+            val_losses: Vec::new(),
+        }
+    }
+}
+
+impl LocalTrainer for Fedl2pClient<'_> {
+    fn train(&mut self, ctx: ClientRound<'_>) -> Result<ClientUpdate, String> {
+        if ctx.round != self.round {
+            self.round = ctx.round;
+            self.val_losses.clear();
+        }
+        let model = (self.base)(ctx.client)?;
+        let all = (self.shards)(ctx.client)?;
+        let (train, val) = client_split(&all, self.cfg.val_ratio, self.cfg.split_seed, ctx.client)?;
+        let feats = match self.features.get(&ctx.client) {
+            Some(f) => f.clone(),
+            None => {
+                let f = meta_features(&model, &train)
+                    .map_err(|e| e.to_string())?
+                    .to_device(&self.device)
+                    .map_err(|e| e.to_string())?;
+                self.features.insert(ctx.client, f.clone());
+                f
+            }
+        };
+        let mut net_store = ParamStore::new(&self.device);
+        for (k, t) in ctx.global {
+            net_store
+                .insert(k, t.clone(), true)
+                .map_err(|e| e.to_string())?;
+        }
+        let ad = lora_adapters(&model, self.cfg.budget, self.cfg.init_seed)
+            .map_err(|e| e.to_string())?;
+        let net = BertForSequenceClassification::load(&ad.store, &model.config, &ad.spec)
+            .map_err(|e| e.to_string())?;
+        let params: Vec<Var> = ad.matrices.iter().map(|(_, v)| v.clone()).collect();
+        let init: Vec<Tensor> = params
+            .iter()
+            .map(|p| p.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()
+            .map_err(|e| e.to_string())?;
+        let inner = BertLoraInner {
+            net,
+            params,
+            train: &train,
+            val: &val,
+            tokenizer: &model.tokenizer,
+            device: ad.store.device().clone(),
+        };
+        let out = meta_train(
+            &inner,
+            &init,
+            &net_store,
+            &self.cfg.net,
+            &feats,
+            &self.cfg.meta,
+            ctx.seed,
+        )
+        .map_err(|e| e.to_string())?;
+        self.val_losses.push(out.val_loss);
+        let weights: Weights = net_store
+            .export(|_| true)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        Ok(ClientUpdate {
+            weights,
+            n_examples: train.len() as u64,
+            mean_loss: out.train_loss,
+            persistent: None,
+        })
+    }
+
+    /// The unweighted mean of this round's client validation losses (`np.mean` in the
+    /// reference's server).
+    fn evaluate(&mut self, round: u64, _global: &Weights) -> Result<Option<f64>, String> {
+        if round != self.round || self.val_losses.is_empty() {
+            return Err(format!(
+                "no validation losses were reported in round {round}"
+            ));
+        }
+        let sum: f64 = self.val_losses.iter().map(|v| f64::from(*v)).sum();
+        Ok(Some(sum / self.val_losses.len() as f64))
+    }
+}
+
+/// A resumable FedL2P run: the round loop's state plus the weights of the best round so far.
+#[derive(Debug, Clone)]
+pub struct Fedl2pState {
+    pub engine: EngineState,
+    pub best: Option<Weights>,
+}
+
+const MAGIC: &[u8; 8] = b"FL2PSTA1";
+
+impl Fedl2pState {
+    /// `MAGIC | u64 engine length | engine state | safetensors of the best weights (may be
+    /// empty)`: exact bytes, so a resumed run is bit-identical.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let engine = self.engine.to_bytes().map_err(|e| e.to_string())?;
+        let best = match &self.best {
+            Some(w) => {
+                let map: HashMap<String, Tensor> =
+                    w.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                safetensors_bytes(&map).map_err(|e| e.to_string())?
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::with_capacity(16 + engine.len() + best.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(engine.len() as u64).to_le_bytes());
+        out.extend_from_slice(&engine);
+        out.extend_from_slice(&best);
+        Ok(out)
+    }
+
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, String> {
+        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            return Err("not a FedL2P state (bad magic)".into());
+        }
+        let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
+        let end = 16usize
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or("truncated FedL2P state")?;
+        let engine = EngineState::from_bytes(&bytes[16..end], device).map_err(|e| e.to_string())?;
+        let best = if end == bytes.len() {
+            None
+        } else {
+            Some(
+                tensors_from_bytes(&bytes[end..], device)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .collect(),
+            )
+        };
+        Ok(Self { engine, best })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fedl2p::inner::InnerConfig;
+    use crate::fedl2p::lr_net::init_lr_net;
+    use crate::fl::engine::{run_rounds, EngineConfig};
+    use crate::methods::all_linear;
+    use crate::methods::testutil::{examples, tiny_model};
+    use std::sync::Arc;
+
+    fn cfg() -> Fedl2pRoundConfig {
+        let linears = all_linear(&tiny_model()).len();
+        let mut c = Fedl2pRoundConfig::paper(linears, 2, 3, 4);
+        c.meta.outer_steps = 1;
+        c.meta.pairs = 2;
+        c.meta.inner = InnerConfig {
+            epochs: 1,
+            batch_size: 4,
+            ..InnerConfig::default()
+        };
+        c
+    }
+
+    fn train(seed: u64, rounds: u64, from: Option<EngineState>) -> EngineState {
+        let model = Arc::new(tiny_model());
+        let base: BaseLoader<'_> = Box::new(move |_| Ok(model.clone()));
+        let shards: ShardLoader<'_> = Box::new(|c| Ok(examples(10 + c as usize, c as usize)));
+        let mut client = Fedl2pClient::new(base, shards, cfg(), Device::Cpu);
+        let init = init_lr_net(&cfg().net, 1, &Device::Cpu).unwrap();
+        let global: Weights = init.export(|_| true).unwrap().into_iter().collect();
+        let engine = EngineConfig {
+            rounds,
+            fraction: 1.0,
+            min_clients: 1,
+            eval_every: Some(1),
+            seed,
+        };
+        let state = from.unwrap_or_else(|| EngineState::new(global));
+        run_rounds(&engine, &[0, 1], &mut client, state, |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn rounds_report_validation_loss_move_the_lr_net_and_resume_exactly() {
+        let a = train(3, 2, None);
+        assert_eq!(a.metrics.len(), 2);
+        assert!(a.metrics.iter().all(|m| m.eval.is_some_and(|v| v > 0.0)));
+        let init = init_lr_net(&cfg().net, 1, &Device::Cpu).unwrap();
+        let moved: f32 = (&a.global["last_layer.bias"] - init.get("last_layer.bias").unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(moved > 1e-5, "the LR net should move ({moved})");
+        // Round 1, serialised with a best, then round 2: identical to the straight run.
+        let one = train(3, 1, None);
+        let saved = Fedl2pState {
+            engine: one.clone(),
+            best: Some(one.global.clone()),
+        }
+        .to_bytes()
+        .unwrap();
+        let back = Fedl2pState::from_bytes(&saved, &Device::Cpu).unwrap();
+        assert_eq!(back.best.as_ref().map(|b| b.len()), Some(one.global.len()));
+        let resumed = train(3, 2, Some(back.engine));
+        for (k, t) in &a.global {
+            let d: f32 = (t - &resumed.global[k])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert_eq!(d, 0.0, "{k}");
+        }
+        assert_eq!(a.metrics[1].eval, resumed.metrics[1].eval);
+        assert!(Fedl2pState::from_bytes(b"garbage!", &Device::Cpu).is_err());
+    }
+}
