@@ -8,6 +8,7 @@
 //! post-multipliers' gradients are clipped to norm 1.0 separately and each takes one Adam step
 //! (lr 1e-4 and 1e-6; the optimisers live for the client's round).
 
+use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use rand::seq::SliceRandom;
 
@@ -171,9 +172,7 @@ pub fn meta_train(
             step_val += h.val_loss;
         }
         val_sum += step_val;
-        // Σ_j h_j·lr_j(φ): its gradient is the hypergradient chained through the LR net.
-        let h = Tensor::new(lr_grads, lrs_t.device())?.to_dtype(lrs_t.dtype())?;
-        let mut grads = (lrs_t * h)?.sum_all()?.backward()?;
+        let mut grads = chain_through_rates(&lrs_t, &lr_grads)?;
         clip_grad_norm(
             &mut grads,
             &net_refs.iter().collect::<Vec<_>>(),
@@ -191,6 +190,14 @@ pub fn meta_train(
         train_loss: (train_sum / steps) as f32,
         val_loss: (val_sum / steps) as f32,
     })
+}
+
+/// The meta-parameters' gradients from the learning rates' (`lrs` = post ⊙ LRNet(x), still
+/// attached to the LR net's graph): the gradient of `Σ_j lr_grads_j · lrs_j`, which is the
+/// reference's `autograd.grad(…, meta_params)` chained through the rates.
+pub fn chain_through_rates(lrs: &Tensor, lr_grads: &[f64]) -> Result<GradStore> {
+    let h = Tensor::new(lr_grads, lrs.device())?.to_dtype(lrs.dtype())?;
+    Ok((lrs * h)?.sum_all()?.backward()?)
 }
 
 /// The server's early stopping: the round with the lowest mean validation loss so far is the
