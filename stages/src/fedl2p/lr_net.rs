@@ -141,6 +141,12 @@ impl LrNet {
     }
 }
 
+/// A trained LR network saved as safetensors (frozen parameters, f32).
+pub fn load_lr_net(path: &std::path::Path, device: &Device) -> Result<ParamStore> {
+    ParamStore::load_safetensors(path, device, DType::F32, |_| false)
+        .map_err(|e| Fedl2pError::Input(format!("{}: {e}", path.display())))
+}
+
 /// The store's trainable parameters split into (network, post-multipliers).
 pub fn meta_params(store: &ParamStore) -> (Vec<(String, Var)>, Vec<(String, Var)>) {
     store
