@@ -147,8 +147,11 @@ pub fn load_lr_net(path: &std::path::Path, device: &Device) -> Result<ParamStore
         .map_err(|e| Fedl2pError::Input(format!("{}: {e}", path.display())))
 }
 
+/// Named trainable tensors.
+pub type NamedVars = Vec<(String, Var)>;
+
 /// The store's trainable parameters split into (network, post-multipliers).
-pub fn meta_params(store: &ParamStore) -> (Vec<(String, Var)>, Vec<(String, Var)>) {
+pub fn meta_params(store: &ParamStore) -> (NamedVars, NamedVars) {
     store
         .trainable()
         .into_iter()
