@@ -3,8 +3,9 @@
 //! loop (accumulation rule, clipping, bias-correction-free AdamW) and one implicit-function
 //! hypergradient through the tiny BERT of `core/bert_tiny` with LoRA r 2, α 4 on all 14 linears.
 //!
-//! Error measure: max |rust − torch| / max |torch| per tensor (gradients are sums with heavy
-//! cancellation, so elements far below the tensor's scale carry f32 rounding of large terms).
+//! Error measure: max |rust − torch| / max |torch| per tensor (`common::scale_err`; gradients
+//! are sums with heavy cancellation, so elements far below the tensor's scale carry f32
+//! rounding of large terms).
 //! A separate test binary, so the lazy start of the second-order workers cannot race with
 //! other tests' first backprop.
 
@@ -22,6 +23,9 @@ use stages::params::{read_safetensors, ParamStore};
 use stages::peft::layer::ForwardCtx;
 use stages::peft::{a_name, b_name, AdapterKind, AdapterSpec};
 
+mod common;
+use common::{assert_scaled, host, scale_err};
+
 fn fixture(dir: &str, name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -31,34 +35,6 @@ fn fixture(dir: &str, name: &str) -> PathBuf {
 
 fn load(name: &str) -> HashMap<String, Tensor> {
     read_safetensors(&fixture("fedl2p", name), &Device::Cpu).unwrap()
-}
-
-fn host(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn scale_err(got: &Tensor, want: &Tensor) -> f64 {
-    let (g, w) = (host(got), host(want));
-    assert_eq!(g.len(), w.len(), "size mismatch");
-    let scale = w.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    g.iter()
-        .zip(&w)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
-
-fn assert_scaled(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
-    let e = scale_err(got, want);
-    assert!(
-        e <= tol,
-        "{what}: max error relative to scale {e:.3e} > {tol:.0e}"
-    );
 }
 
 const LINEARS: usize = 14;

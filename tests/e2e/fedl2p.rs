@@ -2,8 +2,6 @@
 //! after `kill -9`, stops early after `patience` rounds without improvement, and personalization
 //! reads the LR network of its own budget and writes one learning rate per LoRA matrix.
 
-use std::time::Duration;
-
 use crate::util::Sandbox;
 
 const MANIFEST: &str = r#"
@@ -90,18 +88,11 @@ fn instances(s: &Sandbox, wd: &str, kind: &str) -> Vec<(serde_json::Value, std::
 
 #[test]
 fn fedl2p_training_killed_mid_run_resumes_bit_identical() {
-    let s = Sandbox::new();
-    s.write("clean.yaml", &manifest("clean", 6, 50, false));
-    let t0 = std::time::Instant::now();
-    s.run(&["run", "clean.yaml"]).ok();
-    let clean_ms = t0.elapsed().as_millis() as u64;
-    let fedl2p = |wd: &str| -> Vec<(String, Vec<u8>)> {
-        s.artifacts(wd)
-            .into_iter()
-            .filter(|(k, _)| k.contains("/lr_net/") || k.ends_with("/rounds.csv"))
-            .collect()
-    };
-    let reference = fedl2p("clean");
+    let reference = Sandbox::new().assert_resumes_bit_identical(
+        |wd| manifest(wd, 6, 50, false),
+        |k| k.contains("/lr_net/") || k.ends_with("/rounds.csv"),
+        &[55, 80],
+    );
     // Two budgets × (weights, config, rounds.csv) + the base's rounds.csv.
     assert_eq!(
         reference.len(),
@@ -109,29 +100,6 @@ fn fedl2p_training_killed_mid_run_resumes_bit_identical() {
         "{:?}",
         reference.iter().map(|r| &r.0).collect::<Vec<_>>()
     );
-    let mut resumed_any = false;
-    for (trial, pct) in [55u64, 80].into_iter().enumerate() {
-        let wd = format!("t{trial}");
-        s.write(&format!("{wd}.yaml"), &manifest(&wd, 6, 50, false));
-        let mut child = s
-            .command(&["run", &format!("{wd}.yaml"), "-q"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(clean_ms * pct / 100));
-        unsafe { libc::kill(child.id() as i32, 9) };
-        let _ = child.wait();
-        s.run(&["run", &format!("{wd}.yaml")]).ok();
-        assert_eq!(
-            fedl2p(&wd),
-            reference,
-            "trial {trial} ({pct}% of a clean run)"
-        );
-        resumed_any |= instances(&s, &wd, "psg/fedl2p")
-            .iter()
-            .any(|(m, _)| m["resumed"] == true);
-    }
-    assert!(resumed_any, "no trial resumed from a checkpoint");
 }
 
 #[test]

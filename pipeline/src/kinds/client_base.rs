@@ -5,8 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datasets::{ClientInfo, PoolReader};
+use datasets::{ClientInfo, PoolReader, Split};
 use stages::base_model::ClassifierModel;
+use stages::fl::classifier_client::ShardLoader;
+use stages::fl::psg_client::BaseLoader;
+use stages::methods::all_linear;
 use stages::personalize::load_base;
 use stages::Device;
 
@@ -56,6 +59,46 @@ pub fn find_client(part: &Path, client: u32) -> Result<ClientShard, StageError> 
         "client {client} is in neither pool of partition {}",
         part.display()
     )))
+}
+
+/// The seen pool of the upstream partition, which the federated meta-network kinds
+/// (`psg/fedp2eft`, `psg/fedl2p`) train on.
+pub struct SeenPool {
+    pub reader: PoolReader,
+    pub labels: Vec<String>,
+    pub clients: Vec<u32>,
+}
+
+impl SeenPool {
+    pub fn open(ctx: &StageContext) -> Result<Self, StageError> {
+        let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
+        let reader = PoolReader::open(part.join("seen.parquet"))?;
+        let labels = reader.labels().to_vec();
+        let clients = reader.clients().iter().map(|c| c.client_id).collect();
+        Ok(Self {
+            reader,
+            labels,
+            clients,
+        })
+    }
+
+    /// The number of adapted linears of the clients' base (read from the first client's).
+    pub fn linears(&self, loader: &BaseLoader<'_>) -> Result<usize, StageError> {
+        let first = *self
+            .clients
+            .first()
+            .ok_or_else(|| StageError::msg("the seen pool has no clients"))?;
+        Ok(all_linear(&*loader(first).map_err(StageError)?).len())
+    }
+
+    /// Loads a client's train split.
+    pub fn train_shards(&self) -> ShardLoader<'_> {
+        Box::new(move |c| {
+            self.reader
+                .load_client(c, Split::Train)
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// The client ids of both pools (what `client: all` expands to).
@@ -121,7 +164,7 @@ impl BaseArtifact {
         labels: &'a [String],
         max_len: usize,
         device: &'a Device,
-    ) -> Result<stages::fl::psg_client::BaseLoader<'a>, StageError> {
+    ) -> Result<BaseLoader<'a>, StageError> {
         if self.is_per_client() {
             Ok(Box::new(move |c| {
                 self.load(c, labels, max_len, device)

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use datasets::{Example, PoolReader, Split};
+use datasets::Example;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stages::base_model::{device_from_name, ClassifierModel};
@@ -21,7 +21,6 @@ use stages::fedl2p::hypergrad::Hypergrad;
 use stages::fedl2p::inner::InnerConfig;
 use stages::fedl2p::lr_net::{init_lr_net, load_lr_net, LrNetConfig};
 use stages::fedl2p::meta::{EarlyStopping, MetaConfig};
-use stages::fl::classifier_client::ShardLoader;
 use stages::fl::fedl2p_client::{client_split, Fedl2pClient, Fedl2pRoundConfig, Fedl2pState};
 use stages::fl::{run_rounds, EngineConfig, EngineState, RoundMetrics};
 use stages::methods::all_linear;
@@ -30,7 +29,7 @@ use stages::params::{write_safetensors, ParamStore};
 use stages::personalize::Personalized;
 use stages::Device;
 
-use super::client_base::{partition_dir, BaseArtifact};
+use super::client_base::{BaseArtifact, SeenPool};
 use crate::context::{InputArtifact, StageContext};
 use crate::registry::{typed_params, ParamError, Registry, StageError, StageKind};
 
@@ -41,12 +40,6 @@ pub fn register(r: &mut Registry) {
 // PAPER_NOTES §6 [code] defaults (configs/*/…_fedl2p.yaml).
 fn d_rounds() -> u64 {
     200
-}
-fn d_fraction() -> f64 {
-    0.1
-}
-fn d_min_clients() -> usize {
-    1
 }
 fn d_patience() -> u64 {
     50
@@ -92,9 +85,9 @@ struct Fedl2pParams {
     budget: usize,
     #[serde(default = "d_rounds")]
     rounds: u64,
-    #[serde(default = "d_fraction")]
+    #[serde(default = "super::psg::d_fraction")]
     fraction: f64,
-    #[serde(default = "d_min_clients")]
+    #[serde(default = "super::psg::d_min_clients")]
     min_clients: usize,
     /// Rounds without a lower mean validation loss before stopping.
     #[serde(default = "d_patience")]
@@ -249,16 +242,10 @@ impl StageKind for Fedl2pKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: Fedl2pParams = ctx.params()?;
         let device = device_from_name(ctx.device()).map_err(err)?;
-        let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
-        let pool = PoolReader::open(part.join("seen.parquet"))?;
-        let labels = pool.labels().to_vec();
+        let seen = SeenPool::open(ctx)?;
         let base = BaseArtifact::of(ctx)?;
-        let clients: Vec<u32> = pool.clients().iter().map(|c| c.client_id).collect();
-        let first = *clients
-            .first()
-            .ok_or_else(|| StageError::msg("the seen pool has no clients"))?;
-        let loader = base.loader(&labels, p.max_len, &device)?;
-        let modules = all_linear(&*loader(first).map_err(StageError)?).len();
+        let loader = base.loader(&seen.labels, p.max_len, &device)?;
+        let modules = seen.linears(&loader)?;
         let split_seed = ctx.derive_seed(&["train_val_split".into()]);
         let cfg = p.round_config(modules, ctx.derive_seed(&["lora_init".into()]), split_seed);
         let mut state = match ctx.resume() {
@@ -288,12 +275,7 @@ impl StageKind for Fedl2pKind {
         for m in &state.engine.metrics {
             early.observe(m.round, m.eval.unwrap_or(f64::NAN));
         }
-        let pool_ref = &pool;
-        let shards: ShardLoader<'_> = Box::new(move |c| {
-            pool_ref
-                .load_client(c, Split::Train)
-                .map_err(|e| e.to_string())
-        });
+        let shards = seen.train_shards();
         let mut client = Fedl2pClient::new(loader, shards, cfg, device.clone());
         let bar = ctx.progress(p.rounds, "rounds").clone();
         bar.set(state.engine.round);
@@ -305,8 +287,8 @@ impl StageKind for Fedl2pKind {
                 rounds: state.engine.round + 1,
                 ..engine.clone()
             };
-            let next =
-                run_rounds(&one, &clients, &mut client, state.engine, |_| Ok(())).map_err(err)?;
+            let next = run_rounds(&one, &seen.clients, &mut client, state.engine, |_| Ok(()))
+                .map_err(err)?;
             let last = next.metrics.last().expect("one round ran");
             let best = if early.observe(last.round, last.eval.unwrap_or(f64::NAN)) {
                 Some(next.global.clone())

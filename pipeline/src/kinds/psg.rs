@@ -11,11 +11,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use datasets::{PoolReader, Split};
+use datasets::Split;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stages::base_model::device_from_name;
-use stages::fl::classifier_client::ShardLoader;
 use stages::fl::psg_client::{PsgClient, PsgRun};
 use stages::fl::{rounds_csv, run_rounds, EngineConfig, EngineState, Weights};
 use stages::methods::all_linear;
@@ -27,7 +26,7 @@ use stages::peft::bayestune::BayesTuneConfig;
 use stages::psg::{init_psg, load_psg, PsgConfig};
 use stages::Device;
 
-use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact};
+use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact, SeenPool};
 use crate::context::StageContext;
 use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
 
@@ -85,10 +84,10 @@ fn d_clip() -> f64 {
 fn d_rounds() -> u64 {
     150
 }
-fn d_fraction() -> f64 {
+pub(super) fn d_fraction() -> f64 {
     0.1
 }
-fn d_min_clients() -> usize {
+pub(super) fn d_min_clients() -> usize {
     1
 }
 fn d_reg_steps() -> usize {
@@ -230,16 +229,10 @@ impl StageKind for FedP2eftKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: PsgParams = ctx.params()?;
         let device = device_from_name(ctx.device()).map_err(err)?;
-        let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
-        let pool = PoolReader::open(part.join("seen.parquet"))?;
-        let labels = pool.labels().to_vec();
+        let seen = SeenPool::open(ctx)?;
         let base = BaseArtifact::of(ctx)?;
-        let clients: Vec<u32> = pool.clients().iter().map(|c| c.client_id).collect();
-        let first = *clients
-            .first()
-            .ok_or_else(|| StageError::msg("the seen pool has no clients"))?;
-        let loader = base.loader(&labels, p.stage1.max_len, &device)?;
-        let modules = all_linear(&*loader(first).map_err(StageError)?).len();
+        let loader = base.loader(&seen.labels, p.stage1.max_len, &device)?;
+        let modules = seen.linears(&loader)?;
         let mut run = PsgRun::paper(modules, ctx.derive_seed(&["bayestune_init".into()]));
         run.stage1 = p.stage1.config();
         run.psg.r_max = p.stage1.r_max;
@@ -262,17 +255,12 @@ impl StageKind for FedP2eftKind {
             // same clients each round.
             seed: ctx.shared_seed(&["psg_fl".into()]),
         };
-        let pool_ref = &pool;
-        let shards: ShardLoader<'_> = Box::new(move |c| {
-            pool_ref
-                .load_client(c, Split::Train)
-                .map_err(|e| e.to_string())
-        });
+        let shards = seen.train_shards();
         let mut client = PsgClient::new(loader, shards, run, device.clone());
         let bar = ctx.progress(p.rounds, "rounds").clone();
         bar.set(state.round);
         let ctx_ref = &*ctx;
-        let state = run_rounds(&engine, &clients, &mut client, state, |s| {
+        let state = run_rounds(&engine, &seen.clients, &mut client, state, |s| {
             ctx_ref
                 .checkpoint(&s.to_bytes().map_err(|e| e.to_string())?)
                 .map_err(|e| e.0)?;

@@ -12,15 +12,15 @@ use datasets::Example;
 
 use super::classifier_client::{classifier_batch, ShardLoader};
 use super::engine::{ClientRound, ClientUpdate, EngineState, LocalTrainer, Weights};
+use super::meta_client::{store_update, trainable_store, FeatureCache};
 use super::psg_client::BaseLoader;
 use crate::fedl2p::lr_net::LrNetConfig;
 use crate::fedl2p::meta::{meta_train, MetaConfig};
 use crate::fedl2p::{split_train_val, Fedl2pError, InnerModel, Split};
 use crate::methods::fedl2p::lora_adapters;
-use crate::methods::meta_features;
 use crate::model::bert::{cross_entropy, BertForSequenceClassification};
 use crate::nn::DropoutRng;
-use crate::params::{safetensors_bytes, tensors_from_bytes, ParamStore};
+use crate::params::{safetensors_bytes, tensors_from_bytes};
 use crate::peft::layer::ForwardCtx;
 use crate::rng::derive_seed;
 use crate::tokenize::TextTokenizer;
@@ -118,7 +118,7 @@ pub struct Fedl2pClient<'a> {
     shards: ShardLoader<'a>,
     cfg: Fedl2pRoundConfig,
     device: Device,
-    features: HashMap<u32, Tensor>,
+    features: FeatureCache,
     round: u64,
     val_losses: Vec<f32>,
 }
@@ -134,8 +134,8 @@ impl<'a> Fedl2pClient<'a> {
             base,
             shards,
             cfg,
+            features: FeatureCache::new(&device),
             device,
-            features: HashMap::new(),
             round: 0,
             val_losses: Vec::new(),
         }
@@ -151,23 +151,8 @@ impl LocalTrainer for Fedl2pClient<'_> {
         let model = (self.base)(ctx.client)?;
         let all = (self.shards)(ctx.client)?;
         let (train, val) = client_split(&all, self.cfg.val_ratio, self.cfg.split_seed, ctx.client)?;
-        let feats = match self.features.get(&ctx.client) {
-            Some(f) => f.clone(),
-            None => {
-                let f = meta_features(&model, &train)
-                    .map_err(|e| e.to_string())?
-                    .to_device(&self.device)
-                    .map_err(|e| e.to_string())?;
-                self.features.insert(ctx.client, f.clone());
-                f
-            }
-        };
-        let mut net_store = ParamStore::new(&self.device);
-        for (k, t) in ctx.global {
-            net_store
-                .insert(k, t.clone(), true)
-                .map_err(|e| e.to_string())?;
-        }
+        let feats = self.features.get(ctx.client, &model, &train)?;
+        let net_store = trainable_store(ctx.global, &self.device)?;
         let ad = lora_adapters(&model, self.cfg.budget, self.cfg.init_seed)
             .map_err(|e| e.to_string())?;
         let net = BertForSequenceClassification::load(&ad.store, &model.config, &ad.spec)
@@ -197,17 +182,7 @@ impl LocalTrainer for Fedl2pClient<'_> {
         )
         .map_err(|e| e.to_string())?;
         self.val_losses.push(out.val_loss);
-        let weights: Weights = net_store
-            .export(|_| true)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
-        Ok(ClientUpdate {
-            weights,
-            n_examples: train.len() as u64,
-            mean_loss: out.train_loss,
-            persistent: None,
-        })
+        store_update(&net_store, train.len(), out.train_loss)
     }
 
     /// The unweighted mean of this round's client validation losses (`np.mean` in the
@@ -323,15 +298,14 @@ mod tests {
         let a = train(3, 2, None);
         assert_eq!(a.metrics.len(), 2);
         assert!(a.metrics.iter().all(|m| m.eval.is_some_and(|v| v > 0.0)));
+        let host = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let init = init_lr_net(&cfg().net, 1, &Device::Cpu).unwrap();
-        let moved: f32 = (&a.global["last_layer.bias"] - init.get("last_layer.bias").unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let before = host(&init.get("last_layer.bias").unwrap());
+        let after = host(&a.global["last_layer.bias"]);
+        let moved = after
+            .iter()
+            .zip(&before)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(moved > 1e-5, "the LR net should move ({moved})");
         // Round 1, serialised with a best, then round 2: identical to the straight run.
         let one = train(3, 1, None);
@@ -345,15 +319,7 @@ mod tests {
         assert_eq!(back.best.as_ref().map(|b| b.len()), Some(one.global.len()));
         let resumed = train(3, 2, Some(back.engine));
         for (k, t) in &a.global {
-            let d: f32 = (t - &resumed.global[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert_eq!(d, 0.0, "{k}");
+            assert_eq!(host(t), host(&resumed.global[k]), "{k}");
         }
         assert_eq!(a.metrics[1].eval, resumed.metrics[1].eval);
         assert!(Fedl2pState::from_bytes(b"garbage!", &Device::Cpu).is_err());

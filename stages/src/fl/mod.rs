@@ -6,6 +6,7 @@ pub mod classifier_client;
 pub mod engine;
 pub mod feddpa_client;
 pub mod fedl2p_client;
+pub mod meta_client;
 pub mod psg_client;
 pub mod sampling;
 
