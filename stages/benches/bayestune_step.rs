@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use stages::model::bert::{self, BertConfig, BertForSequenceClassification, BertInput};
 use stages::optim::{Adam, AdamConfig, ParamGroup};
 use stages::peft::bayestune::{self, BayesTuneConfig};
+use stages::task::{Batch, Net};
 use stages::train::{self, ClassifierBatch, Clip, Regulariser};
 
 /// Named trainable parameters.
@@ -96,12 +97,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         modules: &mods,
         n_train: 2000,
     };
+    let net = Net::Bert(model);
+    let batch_t = Batch::Classifier(batch_t);
     let mut times = Vec::new();
     for step in 0..=steps {
         let t0 = Instant::now();
         let (stats, _) = train::train_step(
-            &model,
-            &batch_t,
+            &net,
+            std::slice::from_ref(&batch_t),
             reg,
             &mut opt,
             Some(Clip {

@@ -5,6 +5,7 @@
 //! |rust − torch| / max(|torch|, floor) with floor = max(1e-6, 1e-3 · max|torch| over the
 //! tensor); gradients max|rust − torch| / max|torch| per tensor (see `scale_err`).
 
+use stages::task::{Batch, Net};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -159,7 +160,14 @@ fn bayestune_loss_gradients_and_adamw_steps_match_pytorch() {
         modules: &mods,
         n_train: 20,
     };
-    let (loss, ce) = train::loss(&model, &batch, reg, &ForwardCtx::eval()).unwrap();
+    let net = Net::Bert(BertForSequenceClassification::load(&store, &cfg, &bt.spec()).unwrap());
+    let (loss, ce) = train::loss(
+        &net,
+        &Batch::Classifier(batch.clone()),
+        reg,
+        &ForwardCtx::eval(),
+    )
+    .unwrap();
     let logits = model.forward(&batch.input, &ForwardCtx::eval()).unwrap();
     assert_close("logits", &logits, &want["logits"], 5e-5);
     assert_close("ce", &ce, &want["ce"], 5e-5);
@@ -199,8 +207,8 @@ fn bayestune_loss_gradients_and_adamw_steps_match_pytorch() {
     .unwrap();
     for step in 1..=2 {
         let (stats, _) = train::train_step(
-            &model,
-            &batch,
+            &net,
+            &[Batch::Classifier(batch.clone())],
             reg,
             &mut opt,
             Some(Clip {
@@ -358,7 +366,7 @@ fn adalora_training_and_allocation_match_peft() {
         orth_reg_weight: 0.1,
     };
     assert_eq!(acfg.spec().kind, AdapterKind::AdaLora { alpha: 8.0 });
-    let model = BertForSequenceClassification::load(&store, &cfg, &acfg.spec()).unwrap();
+    let net = Net::Bert(BertForSequenceClassification::load(&store, &cfg, &acfg.spec()).unwrap());
     let mut alloc = RankAllocator::new(acfg, &store, &mods).unwrap();
     let mut opt = Adam::new(
         AdamConfig::adamw(),
@@ -378,7 +386,13 @@ fn adalora_training_and_allocation_match_peft() {
             weight: 0.1,
         };
         if step == 1 {
-            let (loss, ce) = train::loss(&model, &batch, reg, &ForwardCtx::eval()).unwrap();
+            let (loss, ce) = train::loss(
+                &net,
+                &Batch::Classifier(batch.clone()),
+                reg,
+                &ForwardCtx::eval(),
+            )
+            .unwrap();
             assert_close("ce1", &ce, &want["ce1"], 1e-5);
             assert_close("loss1", &loss, &want["loss1"], 1e-5);
             let g = loss.backward().unwrap();
@@ -387,7 +401,15 @@ fn adalora_training_and_allocation_match_peft() {
                 assert_grad_close(&key, g.get(var.as_tensor()).unwrap(), &want[&key], 1e-5);
             }
         }
-        let (stats, grads) = train::train_step(&model, &batch, reg, &mut opt, None, None).unwrap();
+        let (stats, grads) = train::train_step(
+            &net,
+            &[Batch::Classifier(batch.clone())],
+            reg,
+            &mut opt,
+            None,
+            None,
+        )
+        .unwrap();
         let l = Tensor::new(stats.loss, &Device::Cpu).unwrap();
         assert_close(
             &format!("loss{step}"),
@@ -443,6 +465,7 @@ fn adalora_training_and_allocation_match_peft() {
 #[test]
 fn psg_forward_gradients_and_regression_match_pytorch() {
     let cfg = PsgConfig {
+        observed: 14,
         modules: 14,
         r_max: 4,
     };
@@ -479,7 +502,9 @@ fn clipping_touches_only_the_subset() {
         modules: &mods,
         n_train: 20,
     };
-    let (loss, _) = train::loss(&model, &inputs(), reg, &ForwardCtx::eval()).unwrap();
+    let net = Net::Bert(model);
+    let (loss, _) =
+        train::loss(&net, &Batch::Classifier(inputs()), reg, &ForwardCtx::eval()).unwrap();
     let mut grads = loss.backward().unwrap();
     let lam = store
         .param(&stages::peft::lambda_name(&mods[0].name))

@@ -13,23 +13,26 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use datasets::Example;
+use datasets::{Example, PoolReader, Split, TaskKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use stages::base_model::{device_from_name, ClassifierModel};
+use stages::base_model::device_from_name;
 use stages::fedl2p::hypergrad::Hypergrad;
 use stages::fedl2p::inner::InnerConfig;
 use stages::fedl2p::lr_net::{init_lr_net, load_lr_net, LrNetConfig};
 use stages::fedl2p::meta::{EarlyStopping, MetaConfig};
+use stages::fl::fedavg_client::ShardLoader;
 use stages::fl::fedl2p_client::{client_split, Fedl2pClient, Fedl2pRoundConfig, Fedl2pState};
 use stages::fl::{run_rounds, EngineConfig, EngineState, RoundMetrics};
 use stages::methods::all_linear;
 use stages::methods::fedl2p::{personalize_fedl2p, Fedl2pRun};
 use stages::params::{write_safetensors, ParamStore};
 use stages::personalize::Personalized;
+use stages::task::TaskModel;
 use stages::Device;
 
-use super::client_base::{BaseArtifact, SeenPool};
+use super::client_base::{partition_dir, BaseArtifact};
+use super::task::TaskOptions;
 use crate::context::{InputArtifact, StageContext};
 use crate::registry::{typed_params, ParamError, Registry, StageError, StageKind};
 
@@ -71,11 +74,11 @@ fn d_clip() -> f64 {
 fn d_epochs() -> usize {
     InnerConfig::default().epochs
 }
-fn d_batch() -> usize {
-    InnerConfig::default().batch_size
+fn d_fraction() -> f64 {
+    0.1
 }
-fn d_max_len() -> usize {
-    128
+fn d_min_clients() -> usize {
+    1
 }
 
 #[derive(Deserialize)]
@@ -85,9 +88,9 @@ struct Fedl2pParams {
     budget: usize,
     #[serde(default = "d_rounds")]
     rounds: u64,
-    #[serde(default = "super::psg::d_fraction")]
+    #[serde(default = "d_fraction")]
     fraction: f64,
-    #[serde(default = "super::psg::d_min_clients")]
+    #[serde(default = "d_min_clients")]
     min_clients: usize,
     /// Rounds without a lower mean validation loss before stopping.
     #[serde(default = "d_patience")]
@@ -112,21 +115,27 @@ struct Fedl2pParams {
     clip_norm: f64,
     #[serde(default = "d_epochs")]
     epochs: usize,
-    #[serde(default = "d_batch")]
-    batch_size: usize,
-    #[serde(default = "d_max_len")]
-    max_len: usize,
+    // The `TaskOptions` fields (defaults per task, `kinds::task`): the inner loop's batch and
+    // accumulation, the model's sequence length.
+    #[serde(default)]
+    max_len: Option<usize>,
+    #[serde(default)]
+    batch_size: Option<usize>,
+    #[serde(default)]
+    accumulate: Option<usize>,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
 }
 
 impl Fedl2pParams {
     fn check(&self) -> Result<(), ParamError> {
+        self.task().check()?;
         for (name, v) in [
             ("budget", self.budget),
             ("min_clients", self.min_clients),
             ("outer_steps", self.outer_steps),
             ("pairs", self.pairs),
             ("epochs", self.epochs),
-            ("batch_size", self.batch_size),
         ] {
             if v == 0 {
                 return Err(ParamError::new(Some(name), format!("`{name}` must be ≥ 1")));
@@ -165,14 +174,26 @@ impl Fedl2pParams {
                 ));
             }
         }
-        if self.max_len < 4 {
-            return Err(ParamError::new(Some("max_len"), "`max_len` must be ≥ 4"));
-        }
         Ok(())
     }
 
-    fn round_config(&self, linears: usize, init_seed: u64, split_seed: u64) -> Fedl2pRoundConfig {
-        let mut c = Fedl2pRoundConfig::paper(linears, self.budget, init_seed, split_seed);
+    fn task(&self) -> TaskOptions {
+        TaskOptions {
+            max_len: self.max_len,
+            batch_size: self.batch_size,
+            accumulate: self.accumulate,
+            max_new_tokens: self.max_new_tokens,
+        }
+    }
+
+    fn round_config(
+        &self,
+        kind: TaskKind,
+        (observed, adapted): (usize, usize),
+        init_seed: u64,
+        split_seed: u64,
+    ) -> Fedl2pRoundConfig {
+        let mut c = Fedl2pRoundConfig::paper(observed, adapted, self.budget, init_seed, split_seed);
         c.val_ratio = self.val_ratio;
         c.meta = MetaConfig {
             outer_steps: self.outer_steps,
@@ -183,7 +204,8 @@ impl Fedl2pParams {
             },
             inner: InnerConfig {
                 epochs: self.epochs,
-                batch_size: self.batch_size,
+                batch_size: self.task().batch_size(kind),
+                accumulate: self.task().accumulate(kind),
                 clip_norm: self.clip_norm,
                 ..InnerConfig::default()
             },
@@ -242,12 +264,29 @@ impl StageKind for Fedl2pKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: Fedl2pParams = ctx.params()?;
         let device = device_from_name(ctx.device()).map_err(err)?;
-        let seen = SeenPool::open(ctx)?;
+        let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
+        let pool = PoolReader::open(part.join("seen.parquet"))?;
+        let kind = pool.task().kind;
         let base = BaseArtifact::of(ctx)?;
-        let loader = base.loader(&seen.labels, p.max_len, &device)?;
-        let modules = seen.linears(&loader)?;
+        let setup = p.task().setup(&pool, base.prompt()?);
+        let clients: Vec<u32> = pool.clients().iter().map(|c| c.client_id).collect();
+        let first = *clients
+            .first()
+            .ok_or_else(|| StageError::msg("the seen pool has no clients"))?;
+        let loader = base.loader(&setup, &device)?;
+        let first_model = loader(first).map_err(StageError)?;
+        let sizes = (
+            first_model.observed_linears(),
+            all_linear(&first_model).len(),
+        );
+        drop(first_model);
         let split_seed = ctx.derive_seed(&["train_val_split".into()]);
-        let cfg = p.round_config(modules, ctx.derive_seed(&["lora_init".into()]), split_seed);
+        let cfg = p.round_config(
+            kind,
+            sizes,
+            ctx.derive_seed(&["lora_init".into()]),
+            split_seed,
+        );
         let mut state = match ctx.resume() {
             Some(bytes) => Fedl2pState::from_bytes(&bytes, &device).map_err(StageError)?,
             None => {
@@ -275,7 +314,12 @@ impl StageKind for Fedl2pKind {
         for m in &state.engine.metrics {
             early.observe(m.round, m.eval.unwrap_or(f64::NAN));
         }
-        let shards = seen.train_shards();
+        let pool_ref = &pool;
+        let shards: ShardLoader<'_> = Box::new(move |c| {
+            pool_ref
+                .load_client(c, Split::Train)
+                .map_err(|e| e.to_string())
+        });
         let mut client = Fedl2pClient::new(loader, shards, cfg, device.clone());
         let bar = ctx.progress(p.rounds, "rounds").clone();
         bar.set(state.engine.round);
@@ -287,8 +331,8 @@ impl StageKind for Fedl2pKind {
                 rounds: state.engine.round + 1,
                 ..engine.clone()
             };
-            let next = run_rounds(&one, &seen.clients, &mut client, state.engine, |_| Ok(()))
-                .map_err(err)?;
+            let next =
+                run_rounds(&one, &clients, &mut client, state.engine, |_| Ok(())).map_err(err)?;
             let last = next.metrics.last().expect("one round ran");
             let best = if early.observe(last.round, last.eval.unwrap_or(f64::NAN)) {
                 Some(next.global.clone())
@@ -311,7 +355,7 @@ impl StageKind for Fedl2pKind {
         let map: HashMap<_, _> = best.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         write_safetensors(&map, &dir.join("model.safetensors")).map_err(err)?;
         let meta = LrNetMeta {
-            modules,
+            modules: sizes.1,
             budget: p.budget,
             input_dim: cfg.net.input_dim,
             hidden: cfg.net.hidden,
@@ -376,7 +420,7 @@ pub fn personalize(
     upstream: &InputArtifact,
     client: u32,
     run: &Fedl2pRun,
-    model: ClassifierModel,
+    model: TaskModel,
     train: &[Example],
     test: &[Example],
     device: &Device,
@@ -389,11 +433,15 @@ pub fn personalize(
             upstream.instance, meta.budget, run.budget
         )));
     }
-    let linears = all_linear(&model).len();
-    if meta.modules != linears {
+    let (observed, linears) = (model.observed_linears(), all_linear(&model).len());
+    if meta.modules != linears || meta.input_dim != 2 * observed {
         return Err(StageError::msg(format!(
-            "the LR network of {} is for {} modules; this base model has {linears}",
-            upstream.instance, meta.modules
+            "the LR network of {} is for {} adapted modules and {} meta-data features; this \
+             base model has {linears} and {}",
+            upstream.instance,
+            meta.modules,
+            meta.input_dim,
+            2 * observed
         )));
     }
     let (train, _) =

@@ -8,6 +8,7 @@ pub mod fedl2p;
 pub mod partition;
 pub mod personalize;
 pub mod psg;
+pub mod task;
 pub mod testing;
 
 /// Environment variable that also registers the executor's test kinds (`test/*`). They exist for

@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use datasets::{Example, Split};
+use datasets::{Example, Split, TaskKind};
 use serde::Deserialize;
 use serde_json::Value;
-use stages::base_model::{device_from_name, ClassifierModel};
+use stages::base_model::device_from_name;
 use stages::fl::psg_client::psg_lambdas;
 use stages::methods::adalora::{personalize_adalora, AdaLoraRun};
 use stages::methods::all_linear;
@@ -20,10 +20,12 @@ use stages::methods::ranked::{personalize_ranked, RankedRun};
 use stages::peft::bayestune::{LAMBDA_MAX, LAMBDA_MIN};
 use stages::personalize::{personalize_lora, LoraRun, Personalized, METHODS};
 use stages::rng::derive_seed;
+use stages::task::{Outputs, TaskModel};
 use stages::Device;
 
 use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact};
 use super::psg::{read_psg, read_stage1, AdapterMeta};
+use super::task::TaskOptions;
 use crate::context::{InputArtifact, StageContext};
 use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
 use crate::report::read::{read_classification_results, read_lambda_vectors, read_rank_records};
@@ -35,16 +37,10 @@ pub fn register(r: &mut Registry) {
     r.register(Arc::new(ReportKind));
 }
 
-// PAPER_NOTES §4, §6: 2 epochs; lr 1e-4 (AdaLoRA 1e-3); batch 32 and length 128 as the base
-// stages.
+// PAPER_NOTES §4, §6: 2 epochs; lr 1e-4 (AdaLoRA 1e-3); batch, accumulation and lengths per task
+// (`kinds::task`).
 fn default_epochs() -> usize {
     2
-}
-fn default_batch() -> usize {
-    32
-}
-fn default_max_len() -> usize {
-    128
 }
 
 #[derive(Deserialize)]
@@ -59,10 +55,8 @@ struct PersonalizeParams {
     /// Default per method: 1e-3 for AdaLoRA, 1e-4 otherwise.
     #[serde(default)]
     lr: Option<f64>,
-    #[serde(default = "default_batch")]
-    batch_size: usize,
-    #[serde(default = "default_max_len")]
-    max_len: usize,
+    #[serde(flatten)]
+    task: TaskOptions,
 }
 
 impl PersonalizeParams {
@@ -84,7 +78,7 @@ impl StageKind for PersonalizeKind {
         "personalize"
     }
     fn version(&self) -> u32 {
-        2
+        3
     }
     fn describe(&self) -> &'static str {
         "personalize a base model on one client (lora, adalora, bayestune_lora, fedl2p, fedp2eft) and score its test split"
@@ -108,12 +102,13 @@ impl StageKind for PersonalizeKind {
             map.entry("client").or_insert(Value::from(0u32));
         }
         let p: PersonalizeParams = typed_params(&params)?;
-        if p.budget == 0 || p.epochs == 0 || p.batch_size == 0 {
+        if p.budget == 0 || p.epochs == 0 {
             return Err(ParamError::new(
                 Some("budget"),
-                "`budget`, `epochs` and `batch_size` must be ≥ 1",
+                "`budget` and `epochs` must be ≥ 1",
             ));
         }
+        p.task.check()?;
         if p.method == "adalora" && p.budget < 2 {
             return Err(ParamError::new(
                 Some("budget"),
@@ -122,9 +117,6 @@ impl StageKind for PersonalizeKind {
         }
         if !(p.lr() > 0.0 && p.lr().is_finite()) {
             return Err(ParamError::new(Some("lr"), "`lr` must be positive"));
-        }
-        if p.max_len < 4 {
-            return Err(ParamError::new(Some("max_len"), "`max_len` must be ≥ 4"));
         }
         Ok(())
     }
@@ -146,7 +138,8 @@ impl StageKind for PersonalizeKind {
         let shard = find_client(&part, p.client)?;
         let base = BaseArtifact::of(ctx)?;
         let device = device_from_name(ctx.device()).map_err(err)?;
-        let model = base.load(p.client, shard.reader.labels(), p.max_len, &device)?;
+        let setup = p.task.setup(&shard.reader, base.prompt()?);
+        let model = base.load(p.client, &setup, &device)?;
         let train = shard.reader.load_client(p.client, Split::Train)?;
         let test = shard.reader.load_client(p.client, Split::Test)?;
         if test.is_empty() {
@@ -156,12 +149,18 @@ impl StageKind for PersonalizeKind {
             )));
         }
         let seed = ctx.derive_seed(&["client".into(), u64::from(p.client).into()]);
-        let (out, lambdas) = run_method(ctx, &p, model, &train, &test, seed, &device)?;
+        let kind = shard.reader.task().kind;
+        let (out, lambdas) = run_method(ctx, &p, kind, model, &train, &test, seed, &device)?;
         let lang = &shard.info.language;
-        let mut preds = String::from("index,label,predicted\n");
-        for (i, (l, y)) in out.predictions.iter().enumerate() {
-            writeln!(preds, "{i},{l},{y}").expect("string write");
-        }
+        let run = RunKey {
+            dataset: &shard.reader.task().dataset,
+            pool: shard.pool,
+            base_model: &base.method,
+            method: &p.method,
+            budget: p.budget,
+            seed: ctx.run_seed(),
+            client: p.client,
+        };
         let mut ranks = String::from("method,budget,client_id,language,module,rank\n");
         for (m, r) in &out.ranks {
             writeln!(
@@ -171,21 +170,42 @@ impl StageKind for PersonalizeKind {
             )
             .expect("string write");
         }
-        let result = format!(
-            "dataset,pool,base_model,method,budget,seed,client_id,language,correct,total\n{},{},{},{},{},{},{},{lang},{},{}\n",
-            shard.reader.task().dataset,
-            shard.pool,
-            base.method,
-            p.method,
-            p.budget,
-            ctx.run_seed(),
-            p.client,
-            out.correct(),
-            out.predictions.len()
-        );
-        std::fs::write(ctx.out_dir().join("predictions.csv"), preds)?;
         std::fs::write(ctx.out_dir().join("ranks.csv"), ranks)?;
-        std::fs::write(ctx.out_dir().join("result.csv"), result)?;
+        match &out.predictions {
+            Outputs::Labels(labels) => {
+                let mut preds = String::from("index,label,predicted\n");
+                for (i, (l, y)) in labels.iter().enumerate() {
+                    writeln!(preds, "{i},{l},{y}").expect("string write");
+                }
+                std::fs::write(ctx.out_dir().join("predictions.csv"), preds)?;
+                let result = format!(
+                    "{},language,correct,total\n{},{lang},{},{}\n",
+                    RunKey::HEADER,
+                    run.csv(),
+                    out.correct(),
+                    labels.len()
+                );
+                std::fs::write(ctx.out_dir().join("result.csv"), result)?;
+                ctx.log(&format!(
+                    "client {} ({}, {lang}): {}/{} correct, mean train loss {}",
+                    p.client,
+                    shard.pool,
+                    out.correct(),
+                    labels.len(),
+                    out.mean_train_loss
+                ));
+            }
+            Outputs::Texts(texts) => {
+                write_generations(&ctx.out_dir().join(GENERATIONS_FILE), &run, &test, texts)?;
+                ctx.log(&format!(
+                    "client {} ({}, {lang}): {} generations, mean train loss {}",
+                    p.client,
+                    shard.pool,
+                    texts.len(),
+                    out.mean_train_loss
+                ));
+            }
+        }
         if let Some(l) = lambdas {
             let mut csv = String::from("client_id,language,position,lambda\n");
             for (i, v) in l.iter().flatten().enumerate() {
@@ -193,26 +213,80 @@ impl StageKind for PersonalizeKind {
             }
             std::fs::write(ctx.out_dir().join("lambdas.csv"), csv)?;
         }
-        ctx.log(&format!(
-            "client {} ({}, {lang}): {}/{} correct, mean train loss {}",
-            p.client,
-            shard.pool,
-            out.correct(),
-            out.predictions.len(),
-            out.mean_train_loss
-        ));
         Ok(())
     }
+}
+
+/// Which run an output row belongs to (the report's key columns).
+struct RunKey<'a> {
+    dataset: &'a str,
+    pool: &'a str,
+    base_model: &'a str,
+    method: &'a str,
+    budget: usize,
+    seed: u64,
+    client: u32,
+}
+
+impl RunKey<'_> {
+    const HEADER: &'static str = "dataset,pool,base_model,method,budget,seed,client_id";
+
+    fn csv(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{}",
+            self.dataset,
+            self.pool,
+            self.base_model,
+            self.method,
+            self.budget,
+            self.seed,
+            self.client
+        )
+    }
+}
+
+/// Per test example of a generation client: the run key, the example's own language, the
+/// greedy generation and the reference response (read by `score`).
+pub const GENERATIONS_FILE: &str = "generations.csv";
+
+fn write_generations(
+    path: &std::path::Path,
+    run: &RunKey<'_>,
+    test: &[Example],
+    texts: &[String],
+) -> Result<(), StageError> {
+    let mut w = csv::Writer::from_path(path).map_err(err)?;
+    let mut header: Vec<&str> = RunKey::HEADER.split(',').collect();
+    header.extend(["language", "index", "prediction", "reference"]);
+    w.write_record(&header).map_err(err)?;
+    let key = run.csv();
+    let key: Vec<&str> = key.split(',').collect();
+    for (i, (e, pred)) in test.iter().zip(texts).enumerate() {
+        let reference = e.text_b.as_deref().unwrap_or("").trim();
+        let index = i.to_string();
+        let mut row = key.clone();
+        row.extend([
+            e.language.as_str(),
+            index.as_str(),
+            pred.as_str(),
+            reference,
+        ]);
+        w.write_record(&row).map_err(err)?;
+    }
+    w.flush()?;
+    Ok(())
 }
 
 /// λ per module (r_max values each) that ranks were selected from.
 type Lambdas = Vec<Vec<f32>>;
 
 /// Runs `p.method`; also returns the λ the ranks were selected from (BayesTune methods).
+#[allow(clippy::too_many_arguments)]
 fn run_method(
     ctx: &StageContext,
     p: &PersonalizeParams,
-    model: ClassifierModel,
+    kind: TaskKind,
+    model: TaskModel,
     train: &[Example],
     test: &[Example],
     seed: u64,
@@ -223,7 +297,8 @@ fn run_method(
             budget: p.budget,
             epochs: p.epochs,
             lr: p.lr(),
-            batch_size: p.batch_size,
+            batch_size: p.task.batch_size(kind),
+            accumulate: p.task.accumulate(kind),
             bayestune: meta.bayestune(),
             init_seed,
             seed,
@@ -238,7 +313,8 @@ fn run_method(
                 budget: p.budget,
                 epochs: p.epochs,
                 lr: p.lr(),
-                batch_size: p.batch_size,
+                batch_size: p.task.batch_size(kind),
+                accumulate: p.task.accumulate(kind),
                 seed,
             };
             Ok((
@@ -251,7 +327,8 @@ fn run_method(
                 budget: p.budget,
                 epochs: p.epochs,
                 lr: p.lr(),
-                batch_size: p.batch_size,
+                batch_size: p.task.batch_size(kind),
+                accumulate: p.task.accumulate(kind),
                 seed,
             };
             Ok((
@@ -280,7 +357,8 @@ fn run_method(
             let run = Fedl2pRun {
                 budget: p.budget,
                 epochs: p.epochs,
-                batch_size: p.batch_size,
+                batch_size: p.task.batch_size(kind),
+                accumulate: p.task.accumulate(kind),
                 seed,
             };
             let out =
@@ -416,4 +494,21 @@ impl StageKind for ReportKind {
 
 fn err(e: impl std::fmt::Display) -> StageError {
     StageError(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattened_task_options_keep_unknown_fields_rejected() {
+        let ok = serde_json::json!({"method": "lora", "budget": 2, "client": 0, "max_len": 64});
+        let p: PersonalizeParams = typed_params(&ok).unwrap();
+        assert_eq!(p.task.max_len, Some(64));
+        let bad = serde_json::json!({"method": "lora", "budget": 2, "client": 0, "max_lne": 64});
+        let e = typed_params::<PersonalizeParams>(&bad)
+            .err()
+            .expect("rejected");
+        assert!(e.message.contains("max_lne"), "{}", e.message);
+    }
 }

@@ -3,9 +3,10 @@
 //! matrix j with learning rate `lr_j` (LR net × post-multiplier). Reproduces the reference's
 //! quirks, since the meta-network learns rates *for this optimiser*:
 //!
-//! - gradients accumulate (summed) and an update happens only when the step index *within the
-//!   epoch* is > 0 or on the very last step (`step > 0 and (step+1) % accum == 0 or
-//!   track_grads`, accumulation 1): the first two batches of every epoch make one update;
+//! - gradients accumulate (summed, each micro-batch loss divided by the accumulation steps) and
+//!   an update happens only when `step > 0 and (step+1) % accumulate == 0`, or on the very last
+//!   step, with `step` the index *within the epoch*: with accumulation 1 the first two batches
+//!   of every epoch make one update;
 //! - the accumulated gradients are clipped to total norm 1.0 (`max_grad_norm`) before each
 //!   update;
 //! - AdamW without step-dependent bias correction: `m̂ = m/(1−β1)`, `v̂ = v/(1−β2)`,
@@ -23,12 +24,14 @@ use super::{Fedl2pError, InnerModel, Result, Split};
 use crate::optim::clip_by_total_norm;
 use crate::rng::{derive_seed, rng_from};
 
-/// Inner-loop settings; [`Default`] is the reference's (2 epochs, batch 32, clip 1.0,
-/// β = (0.9, 0.999), ε 1e-8, weight decay 0).
+/// Inner-loop settings; [`Default`] is the reference's classification setup (2 epochs, batch
+/// 32, no accumulation, clip 1.0, β = (0.9, 0.999), ε 1e-8, weight decay 0).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InnerConfig {
     pub epochs: usize,
     pub batch_size: usize,
+    /// Micro-batches per update (`gradient_accumulation_steps`; Fed-Aya 4).
+    pub accumulate: usize,
     pub clip_norm: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -41,6 +44,7 @@ impl Default for InnerConfig {
         Self {
             epochs: 2,
             batch_size: 32,
+            accumulate: 1,
             clip_norm: 1.0,
             beta1: 0.9,
             beta2: 0.999,
@@ -53,7 +57,7 @@ impl Default for InnerConfig {
 /// The outcome of one inner loop: the model's parameters hold θ_T.
 #[derive(Debug, Clone)]
 pub struct InnerRun {
-    /// Mean batch loss over all steps (the reference's `training_loss`).
+    /// Mean over micro-batches of their loss ÷ accumulation (the reference's `training_loss`).
     pub mean_loss: f32,
     /// `−∂θ_T/∂lr_j` per parameter: the last update was `θ_T = θ_{T−1} − lr_j·direction_j`.
     pub direction: Vec<Tensor>,
@@ -122,10 +126,11 @@ pub fn inner_loop(
         )));
     }
     let n = model.len(Split::Train);
-    if n == 0 || cfg.epochs == 0 || cfg.batch_size == 0 {
+    if n == 0 || cfg.epochs == 0 || cfg.batch_size == 0 || cfg.accumulate == 0 {
         return Err(Fedl2pError::Input(format!(
-            "inner loop needs examples, epochs and a batch size ({n} examples, {} epochs, batch {})",
-            cfg.epochs, cfg.batch_size
+            "inner loop needs examples, epochs, a batch size and accumulation steps \
+             ({n} examples, {} epochs, batch {}, accumulation {})",
+            cfg.epochs, cfg.batch_size, cfg.accumulate
         )));
     }
     for (p, t) in params.iter().zip(init) {
@@ -145,7 +150,7 @@ pub fn inner_loop(
         for (step, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let last = epoch + 1 == cfg.epochs && step + 1 == batches;
             let dropout = derive_seed(seed, &["dropout".into(), steps.into()]);
-            let loss = model.loss(Split::Train, chunk, dropout)?;
+            let loss = (model.loss(Split::Train, chunk, dropout)? / cfg.accumulate as f64)?;
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
                 return Err(Fedl2pError::Model(format!(
@@ -170,7 +175,7 @@ pub fn inner_loop(
                     .map(|(a, g)| a + g)
                     .collect::<candle_core::Result<_>>()?,
             });
-            if step > 0 || last {
+            if (step > 0 && (step + 1) % cfg.accumulate == 0) || last {
                 let mut g = acc.take().expect("accumulated above");
                 clip_by_total_norm(&mut g, cfg.clip_norm)?;
                 direction.clear();
@@ -234,5 +239,12 @@ mod tests {
         inner_loop(&q, &init, &[0.0, 0.05], &cfg(2), 7).unwrap();
         assert_eq!(flat(q.params()[0].as_tensor()), flat(&init[0]));
         assert!(inner_loop(&q, &init, &[0.1], &cfg(2), 7).is_err());
+        // Accumulation 2, 3 batches per epoch: updates at step 1 of each epoch (the leftover
+        // third batch carries into the next epoch, as the reference's gradient store) and last.
+        let acc = InnerConfig {
+            accumulate: 2,
+            ..cfg(2)
+        };
+        assert_eq!(inner_loop(&q, &init, &lrs, &acc, 7).unwrap().updates, 3);
     }
 }

@@ -3,7 +3,8 @@
 //! [0, 1000] with a straight-through gradient, times a learnable per-matrix post-multiplier
 //! (`inner_loop_lrs`, init 1e-4). The input is the client meta-data of PAPER_NOTES §5 (mean and
 //! SD of every base linear's input — the reference's `fedl2p_precompute_feats_stats` is the
-//! function FedP2EFT's PSG uses too, so `methods::meta_features` is reused unchanged).
+//! function FedP2EFT's PSG uses too, so `methods::meta_features` is reused unchanged; computed
+//! with the LoRA attached, whose B = 0 leaves those inputs as the base model's).
 //!
 //! Parameter names follow the reference's `state_dict` (`first_layer.0`, `hl_0.0`,
 //! `last_layer`) and `nn.ParameterList` (`inner_loop_lrs.{j}`, one scalar each).
@@ -41,13 +42,14 @@ pub struct LrNetConfig {
 }
 
 impl LrNetConfig {
-    /// The reference's network for `linears` base linears, each adapted (A and B).
-    pub fn paper(linears: usize) -> Self {
+    /// The reference's network: `observed` base linears feed the meta-data (mean and SD each;
+    /// a causal LM's `lm_head` too) and `adapted` ones carry LoRA (A and B: two rates each).
+    pub fn paper(observed: usize, adapted: usize) -> Self {
         Self {
-            input_dim: 2 * linears,
+            input_dim: 2 * observed,
             hidden: HIDDEN,
             extra_hidden_layers: EXTRA_HIDDEN_LAYERS,
-            outputs: 2 * linears,
+            outputs: 2 * adapted,
         }
     }
 
@@ -164,7 +166,7 @@ mod tests {
 
     #[test]
     fn initial_rates_are_about_the_post_multiplier() {
-        let cfg = LrNetConfig::paper(5);
+        let cfg = LrNetConfig::paper(5, 5);
         let store = init_lr_net(&cfg, 3, &Device::Cpu).unwrap();
         // 3 layers × (weight, bias) + 10 multipliers.
         assert_eq!(store.len(), 16);

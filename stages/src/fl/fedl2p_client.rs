@@ -1,42 +1,42 @@
-//! A FedL2P client round on a BERT classifier (PAPER_NOTES §6): split the client's training
-//! examples 80/20 into train/val, meta-data of the train part, LoRA of rank r_b on every linear
-//! from the run's shared init (as the reference seeds the adapters identically for every
-//! client), then `fedl2p::meta::meta_train`; the LR network and post-multipliers go back for
-//! FedAvg by train-part size. The client's mean validation loss is reported through
-//! [`LocalTrainer::evaluate`] as the round's `eval` (the server's early-stopping signal).
+//! A FedL2P client round (PAPER_NOTES §6) on a model of either task: split the client's
+//! training examples 80/20 into train/val, meta-data of the train part, LoRA of rank r_b on
+//! every adapted linear from the run's shared init (as the reference seeds the adapters
+//! identically for every client), then `fedl2p::meta::meta_train`; the LR network and
+//! post-multipliers go back for FedAvg by train-part size. The client's mean validation loss is
+//! reported through [`LocalTrainer::evaluate`] as the round's `eval` (the server's
+//! early-stopping signal).
 
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor, Var};
 use datasets::Example;
 
-use super::classifier_client::{classifier_batch, ShardLoader};
 use super::engine::{ClientRound, ClientUpdate, EngineState, LocalTrainer, Weights};
+use super::fedavg_client::ShardLoader;
 use super::meta_client::{store_update, trainable_store, FeatureCache};
 use super::psg_client::BaseLoader;
 use crate::fedl2p::lr_net::LrNetConfig;
 use crate::fedl2p::meta::{meta_train, MetaConfig};
 use crate::fedl2p::{split_train_val, Fedl2pError, InnerModel, Split};
 use crate::methods::fedl2p::lora_adapters;
-use crate::model::bert::{cross_entropy, BertForSequenceClassification};
 use crate::nn::DropoutRng;
 use crate::params::{safetensors_bytes, tensors_from_bytes};
 use crate::peft::layer::ForwardCtx;
 use crate::rng::derive_seed;
-use crate::tokenize::TextTokenizer;
+use crate::task::{Net, TaskModel};
 
-/// FedL2P's adapted BERT as an [`InnerModel`]: LoRA matrices in LR order, losses on the
-/// client's train / validation parts.
-pub struct BertLoraInner<'a> {
-    net: BertForSequenceClassification,
+/// FedL2P's adapted model as an [`InnerModel`]: LoRA matrices in LR order, batch-mean task
+/// losses (classification: per example; causal LM: per response token) on the client's train
+/// and validation parts.
+pub struct LoraInner<'a> {
+    model: &'a TaskModel,
+    net: Net,
     params: Vec<Var>,
     train: &'a [Example],
     val: &'a [Example],
-    tokenizer: &'a TextTokenizer,
-    device: Device,
 }
 
-impl InnerModel for BertLoraInner<'_> {
+impl InnerModel for LoraInner<'_> {
     fn params(&self) -> &[Var] {
         &self.params
     }
@@ -58,11 +58,18 @@ impl InnerModel for BertLoraInner<'_> {
             Split::Train => self.train,
             Split::Val => self.val,
         };
-        let batch = classifier_batch(examples, idx, self.tokenizer, &self.device)
+        let batch = self
+            .model
+            .batch(examples, idx)
             .map_err(Fedl2pError::Model)?;
         let rng = DropoutRng::new(dropout_seed);
-        let logits = self.net.forward(&batch.input, &ForwardCtx::train(&rng))?;
-        Ok(cross_entropy(&logits, &batch.labels)?)
+        let (sum, n) = self.net.task_loss_sum(&batch, &ForwardCtx::train(&rng))?;
+        if n == 0 {
+            return Err(Fedl2pError::Model(format!(
+                "{split:?} batch {idx:?} has nothing to score"
+            )));
+        }
+        Ok((sum / n as f64)?)
     }
 }
 
@@ -81,11 +88,18 @@ pub struct Fedl2pRoundConfig {
 }
 
 impl Fedl2pRoundConfig {
-    pub fn paper(linears: usize, budget: usize, init_seed: u64, split_seed: u64) -> Self {
+    /// `observed` base linears feed the meta-data, `adapted` ones carry LoRA.
+    pub fn paper(
+        observed: usize,
+        adapted: usize,
+        budget: usize,
+        init_seed: u64,
+        split_seed: u64,
+    ) -> Self {
         Self {
             budget,
             val_ratio: VAL_RATIO,
-            net: LrNetConfig::paper(linears),
+            net: LrNetConfig::paper(observed, adapted),
             meta: MetaConfig::default(),
             init_seed,
             split_seed,
@@ -155,21 +169,20 @@ impl LocalTrainer for Fedl2pClient<'_> {
         let net_store = trainable_store(ctx.global, &self.device)?;
         let ad = lora_adapters(&model, self.cfg.budget, self.cfg.init_seed)
             .map_err(|e| e.to_string())?;
-        let net = BertForSequenceClassification::load(&ad.store, &model.config, &ad.spec)
-            .map_err(|e| e.to_string())?;
+        let net = model.net(&ad.store, &ad.spec)?;
         let params: Vec<Var> = ad.matrices.iter().map(|(_, v)| v.clone()).collect();
         let init: Vec<Tensor> = params
             .iter()
             .map(|p| p.as_tensor().copy())
             .collect::<candle_core::Result<_>>()
             .map_err(|e| e.to_string())?;
-        let inner = BertLoraInner {
+        let (train, val) = (model.trainable(&train)?, model.trainable(&val)?);
+        let inner = LoraInner {
+            model: &model,
             net,
             params,
             train: &train,
             val: &val,
-            tokenizer: &model.tokenizer,
-            device: ad.store.device().clone(),
         };
         let out = meta_train(
             &inner,
@@ -263,8 +276,8 @@ mod tests {
     use std::sync::Arc;
 
     fn cfg() -> Fedl2pRoundConfig {
-        let linears = all_linear(&tiny_model()).len();
-        let mut c = Fedl2pRoundConfig::paper(linears, 2, 3, 4);
+        let m = tiny_model();
+        let mut c = Fedl2pRoundConfig::paper(m.observed_linears(), all_linear(&m).len(), 2, 3, 4);
         c.meta.outer_steps = 1;
         c.meta.pairs = 2;
         c.meta.inner = InnerConfig {

@@ -8,9 +8,9 @@ use candle_core::{Device, Tensor};
 use datasets::Example;
 
 use super::engine::{ClientUpdate, Weights};
-use crate::base_model::ClassifierModel;
 use crate::methods::meta_features;
 use crate::params::ParamStore;
+use crate::task::TaskModel;
 
 /// The round's global weights as a store of trainable tensors (copies: training them leaves
 /// `global` alone).
@@ -62,7 +62,7 @@ impl FeatureCache {
     pub fn get(
         &mut self,
         client: u32,
-        model: &ClassifierModel,
+        model: &TaskModel,
         train: &[Example],
     ) -> Result<Tensor, String> {
         if let Some(f) = self.features.get(&client) {

@@ -6,16 +6,16 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::classifier_client::ShardLoader;
 #[cfg(test)]
 use super::engine::Weights;
 use super::engine::{ClientRound, ClientUpdate, LocalTrainer};
+use super::fedavg_client::ShardLoader;
 use super::meta_client::{store_update, trainable_store, FeatureCache};
-use crate::base_model::ClassifierModel;
 use crate::methods::meta_features;
 use crate::methods::stage1::{train_stage1, LambdaInit, Stage1Config};
 use crate::params::ParamStore;
 use crate::psg::{regress, Psg, PsgConfig};
+use crate::task::TaskModel;
 
 /// Settings of a PSG round; [`PsgRun::paper`] is PAPER_NOTES §5.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,10 +30,12 @@ pub struct PsgRun {
 }
 
 impl PsgRun {
-    pub fn paper(modules: usize, init_seed: u64) -> Self {
+    /// `observed` base linears feed the meta-data; `modules` are adapted.
+    pub fn paper(observed: usize, modules: usize, init_seed: u64) -> Self {
         let stage1 = Stage1Config::default();
         Self {
             psg: PsgConfig {
+                observed,
                 modules,
                 r_max: stage1.bayestune.r_max,
             },
@@ -46,7 +48,7 @@ impl PsgRun {
 }
 
 /// A client's base model by id: the shared base, or the client's own (DEPT, FedDPA-T).
-pub type BaseLoader<'a> = Box<dyn Fn(u32) -> Result<Arc<ClassifierModel>, String> + 'a>;
+pub type BaseLoader<'a> = Box<dyn Fn(u32) -> Result<Arc<TaskModel>, String> + 'a>;
 
 /// [`LocalTrainer`] of the federated PSG training. Meta-data are cached per client: the base
 /// model never changes during PSG training, so they are the same every round.
@@ -114,7 +116,7 @@ impl LocalTrainer for PsgClient<'_> {
 pub fn psg_lambdas(
     psg_store: &ParamStore,
     cfg: &PsgConfig,
-    model: &ClassifierModel,
+    model: &TaskModel,
     train: &[datasets::Example],
 ) -> Result<Vec<Vec<f32>>, String> {
     let feats = meta_features(model, train)
@@ -138,7 +140,7 @@ mod tests {
     use crate::psg::init_psg;
 
     fn run() -> PsgRun {
-        let mut r = PsgRun::paper(8, 7);
+        let mut r = PsgRun::paper(8, 8, 7);
         r.psg.r_max = 4;
         r.stage1.bayestune = BayesTuneConfig {
             r_max: 4,

@@ -1,24 +1,22 @@
-//! FedL2P personalization (PAPER_NOTES §6, [code] `FedL2PSeqClsClient.evaluate`): the LoRA
-//! baseline's adapters (rank r_b on every linear, α = 2·r_b, A from the run's seeded init,
-//! B = 0), fine-tuned with one AdamW learning rate per matrix — `post_j · LRNet(meta-data)_j`
-//! from the trained LR network — then merged and evaluated. Also the adapter set-up the
-//! federated FedL2P round shares ([`lora_adapters`]).
+//! FedL2P personalization (PAPER_NOTES §6, [code] `FedL2PSeqClsClient.evaluate`), for both
+//! tasks: the LoRA baseline's adapters (rank r_b on every adapted linear, α = 2·r_b, A from the
+//! run's seeded init, B = 0), fine-tuned with one AdamW learning rate per matrix —
+//! `post_j · LRNet(meta-data)_j` from the trained LR network — then merged and evaluated. Also
+//! the adapter set-up the federated FedL2P round shares ([`lora_adapters`]).
 
 use candle_core::{DType, Var};
 use datasets::Example;
 
 use super::{all_linear, frozen_store, meta_features, step};
-use crate::base_model::ClassifierModel;
 use crate::fedl2p::lr_net::{LrNet, LrNetConfig};
 use crate::fit::{fit, Fit};
-use crate::model::bert::BertForSequenceClassification;
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
 use crate::peft::lora::{add_lora, merge_into_store};
 use crate::peft::{a_name, b_name, AdapterKind, AdapterSpec, LinearShape};
-use crate::personalize::{predict, Personalized, Result};
+use crate::personalize::{evaluate, Personalized, Result};
 use crate::rng::derive_seed;
-use crate::train::Regulariser;
+use crate::task::TaskModel;
 
 /// A model's LoRA adapters for FedL2P: the store (base frozen, adapters trainable), the
 /// adapted modules and the adapter matrices in LR-network output order (A then B of every
@@ -32,11 +30,7 @@ pub struct LoraAdapters {
 
 /// Rank-`budget` LoRA on every linear with α = 2·budget (`run_masakha.sh`), dropout 0;
 /// A from `init_seed`.
-pub fn lora_adapters(
-    model: &ClassifierModel,
-    budget: usize,
-    init_seed: u64,
-) -> Result<LoraAdapters> {
+pub fn lora_adapters(model: &TaskModel, budget: usize, init_seed: u64) -> Result<LoraAdapters> {
     let s = step("fedl2p adapters");
     if budget == 0 {
         return Err(s("budget (rank) must be ≥ 1".into()));
@@ -84,12 +78,14 @@ pub struct Fedl2pRun {
     pub budget: usize,
     pub epochs: usize,
     pub batch_size: usize,
+    /// Micro-batches per optimiser step (Fed-Aya: 4 × 4).
+    pub accumulate: usize,
     pub seed: u64,
 }
 
 /// The learning rate of every adapter matrix for a client: `post ⊙ LRNet(meta-data of train)`.
 pub fn learning_rates(
-    model: &ClassifierModel,
+    model: &TaskModel,
     train: &[Example],
     net_store: &ParamStore,
     net_cfg: &LrNetConfig,
@@ -106,7 +102,7 @@ pub fn learning_rates(
 
 /// FedL2P personalization of `model` on `train`, evaluated on `test`; also returns the rates.
 pub fn personalize_fedl2p(
-    model: ClassifierModel,
+    model: TaskModel,
     train: &[Example],
     test: &[Example],
     net_store: &ParamStore,
@@ -138,19 +134,16 @@ pub fn personalize_fedl2p(
         })
         .collect();
     let mut opt = Adam::new(AdamConfig::adamw(), groups).map_err(|e| s(e.to_string()))?;
-    let net = BertForSequenceClassification::load(&ad.store, &model.config, &ad.spec)
-        .map_err(|e| s(e.to_string()))?;
+    let net = model.net(&ad.store, &ad.spec).map_err(&s)?;
+    let train = model.trainable(train).map_err(step("train"))?;
+    let batch = |ex: &[Example], idx: &[usize]| model.batch(ex, idx);
     let cfg = Fit {
-        tokenizer: &model.tokenizer,
-        device: ad.store.device(),
-        epochs: run.epochs,
-        batch_size: run.batch_size,
-        reg: Regulariser::None,
-        clip: None,
+        accumulate: run.accumulate,
+        ..Fit::plain(&batch, run.epochs, run.batch_size)
     };
     let loss = fit(
         &net,
-        train,
+        &train,
         &mut opt,
         &cfg,
         derive_seed(run.seed, &["train".into()]),
@@ -175,11 +168,7 @@ pub fn personalize_fedl2p(
         .iter()
         .map(|m| (m.name.clone(), run.budget))
         .collect();
-    let merged = ClassifierModel {
-        store: ad.store,
-        ..model
-    };
-    let predictions = predict(&merged, test, run.batch_size)?;
+    let predictions = evaluate(&model, &ad.store, test, run.batch_size)?;
     Ok((
         Personalized {
             predictions,
@@ -203,6 +192,7 @@ mod tests {
             budget: 2,
             epochs: 2,
             batch_size: 4,
+            accumulate: 1,
             seed,
         }
     }
@@ -211,7 +201,7 @@ mod tests {
     fn one_rate_per_matrix_and_a_uniform_rate_is_the_lora_baseline() {
         let model = tiny_model();
         let linears = all_linear(&model).len();
-        let net_cfg = LrNetConfig::paper(linears);
+        let net_cfg = LrNetConfig::paper(model.observed_linears(), linears);
         let mut store = init_lr_net(&net_cfg, 1, &candle_core::Device::Cpu).unwrap();
         // Output layer zero weights, bias 100 and post-multipliers 1e-4: every rate is 1e-2.
         let h = net_cfg.hidden;
@@ -240,6 +230,7 @@ mod tests {
                 epochs: 2,
                 lr: rates[0].lr,
                 batch_size: 4,
+                accumulate: 1,
                 seed: 5,
             },
         )
