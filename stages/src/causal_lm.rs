@@ -351,10 +351,10 @@ impl CausalLmModel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ex(i: usize) -> Example {
+    pub(crate) fn ex(i: usize) -> Example {
         Example {
             text_a: format!("Say hello number {i}"),
             text_b: Some(format!("hello {i}")),
@@ -363,7 +363,8 @@ mod tests {
         }
     }
 
-    fn tiny() -> CausalLmModel {
+    /// A 1-layer LLaMA with a BPE tokenizer trained on the `ex` texts.
+    pub(crate) fn tiny() -> CausalLmModel {
         let source = ModelSource::TinyLlama(TinyLlama {
             hidden: 16,
             layers: 1,

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use datasets::{Example, PoolReader, Split, TaskKind};
+use datasets::{Example, TaskKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stages::base_model::device_from_name;
@@ -21,7 +21,6 @@ use stages::fedl2p::hypergrad::Hypergrad;
 use stages::fedl2p::inner::InnerConfig;
 use stages::fedl2p::lr_net::{init_lr_net, load_lr_net, LrNetConfig};
 use stages::fedl2p::meta::{EarlyStopping, MetaConfig};
-use stages::fl::fedavg_client::ShardLoader;
 use stages::fl::fedl2p_client::{client_split, Fedl2pClient, Fedl2pRoundConfig, Fedl2pState};
 use stages::fl::{run_rounds, EngineConfig, EngineState, RoundMetrics};
 use stages::methods::all_linear;
@@ -31,10 +30,12 @@ use stages::personalize::Personalized;
 use stages::task::TaskModel;
 use stages::Device;
 
-use super::client_base::{partition_dir, BaseArtifact};
+use super::client_base::{BaseArtifact, SeenPool};
 use super::task::TaskOptions;
 use crate::context::{InputArtifact, StageContext};
-use crate::registry::{typed_params, ParamError, Registry, StageError, StageKind};
+use crate::registry::{
+    require_positive, typed_params, ParamError, Registry, StageError, StageKind,
+};
 
 pub fn register(r: &mut Registry) {
     r.register(Arc::new(Fedl2pKind));
@@ -161,20 +162,12 @@ impl Fedl2pParams {
                 "`val_ratio` must be in (0, 1)",
             ));
         }
-        for (name, v) in [
+        require_positive(&[
             ("neumann_lr", self.neumann_lr),
             ("lr_net_lr", self.lr_net_lr),
             ("post_lr", self.post_lr),
             ("clip_norm", self.clip_norm),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return Err(ParamError::new(
-                    Some(name),
-                    format!("`{name}` must be positive"),
-                ));
-            }
-        }
-        Ok(())
+        ])
     }
 
     fn task(&self) -> TaskOptions {
@@ -264,25 +257,13 @@ impl StageKind for Fedl2pKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: Fedl2pParams = ctx.params()?;
         let device = device_from_name(ctx.device()).map_err(err)?;
-        let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
-        let pool = PoolReader::open(part.join("seen.parquet"))?;
-        let kind = pool.task().kind;
         let base = BaseArtifact::of(ctx)?;
-        let setup = p.task().setup(&pool, base.prompt()?);
-        let clients: Vec<u32> = pool.clients().iter().map(|c| c.client_id).collect();
-        let first = *clients
-            .first()
-            .ok_or_else(|| StageError::msg("the seen pool has no clients"))?;
-        let loader = base.loader(&setup, &device)?;
-        let first_model = loader(first).map_err(StageError)?;
-        let sizes = (
-            first_model.observed_linears(),
-            all_linear(&first_model).len(),
-        );
-        drop(first_model);
+        let seen = SeenPool::open(ctx, &base, &p.task())?;
+        let loader = base.loader(&seen.setup, &device)?;
+        let sizes = seen.linears(&loader)?;
         let split_seed = ctx.derive_seed(&["train_val_split".into()]);
         let cfg = p.round_config(
-            kind,
+            seen.kind,
             sizes,
             ctx.derive_seed(&["lora_init".into()]),
             split_seed,
@@ -314,12 +295,7 @@ impl StageKind for Fedl2pKind {
         for m in &state.engine.metrics {
             early.observe(m.round, m.eval.unwrap_or(f64::NAN));
         }
-        let pool_ref = &pool;
-        let shards: ShardLoader<'_> = Box::new(move |c| {
-            pool_ref
-                .load_client(c, Split::Train)
-                .map_err(|e| e.to_string())
-        });
+        let shards = seen.train_shards();
         let mut client = Fedl2pClient::new(loader, shards, cfg, device.clone());
         let bar = ctx.progress(p.rounds, "rounds").clone();
         bar.set(state.engine.round);
@@ -331,8 +307,8 @@ impl StageKind for Fedl2pKind {
                 rounds: state.engine.round + 1,
                 ..engine.clone()
             };
-            let next =
-                run_rounds(&one, &clients, &mut client, state.engine, |_| Ok(())).map_err(err)?;
+            let next = run_rounds(&one, &seen.clients, &mut client, state.engine, |_| Ok(()))
+                .map_err(err)?;
             let last = next.metrics.last().expect("one round ran");
             let best = if early.observe(last.round, last.eval.unwrap_or(f64::NAN)) {
                 Some(next.global.clone())

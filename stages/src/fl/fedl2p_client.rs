@@ -344,49 +344,17 @@ mod tests {
 #[cfg(test)]
 mod causal_lm_tests {
     use super::*;
-    use crate::base_model::ModelSource;
-    use crate::causal_lm::{build_causal_lm, LmSettings, TinyLlama};
+    use crate::causal_lm::tests::{ex, tiny};
     use crate::fedl2p::inner::InnerConfig;
     use crate::fedl2p::lr_net::init_lr_net;
     use crate::fl::engine::{run_rounds, EngineConfig};
     use crate::methods::all_linear;
     use crate::methods::fedl2p::{lora_adapters, personalize_fedl2p, Fedl2pRun};
     use crate::task::Outputs;
-    use crate::tokenize::PromptTemplate;
     use std::sync::Arc;
 
-    fn ex(i: usize) -> Example {
-        Example {
-            text_a: format!("Say hello number {i}"),
-            text_b: Some(format!("hello {i}")),
-            label_id: None,
-            language: "en".into(),
-        }
-    }
-
     fn tiny_lm() -> TaskModel {
-        let source = ModelSource::TinyLlama(TinyLlama {
-            hidden: 16,
-            layers: 1,
-            heads: 2,
-            kv_heads: 1,
-            intermediate: 32,
-            vocab_size: 400,
-            seed: 5,
-        });
-        let settings = LmSettings {
-            prompt: PromptTemplate::Alpaca,
-            max_len: 64,
-            max_new_tokens: 3,
-        };
-        let texts = || {
-            Ok((0..10)
-                .map(|i| format!("Say hello number {i} hello {i}"))
-                .collect())
-        };
-        build_causal_lm(&source, settings, texts, &Device::Cpu)
-            .unwrap()
-            .into()
+        tiny().into()
     }
 
     /// The same code trains and applies the LR network on a LLaMA causal LM: the meta-data
