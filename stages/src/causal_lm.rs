@@ -363,6 +363,7 @@ pub(crate) mod tests {
         }
     }
 
+    /// A 1-layer LLaMA with a BPE tokenizer trained on the `ex` texts.
     pub(crate) fn tiny() -> CausalLmModel {
         let source = ModelSource::TinyLlama(TinyLlama {
             hidden: 16,

@@ -8,6 +8,7 @@
 pub mod base_model;
 pub mod causal_lm;
 pub mod client_state;
+pub mod fedl2p;
 /// The device type of every tensor, for callers that only pass devices through.
 pub use candle_core::Device;
 pub mod fit;
@@ -25,6 +26,7 @@ pub mod personalize;
 pub mod predict;
 pub mod psg;
 pub mod rng;
+pub mod second_order;
 pub mod task;
 pub mod tokenize;
 pub mod train;

@@ -45,8 +45,9 @@ fn step(step: &'static str) -> impl Fn(String) -> PersonalizeError {
     move |message| PersonalizeError::Step { step, message }
 }
 
-/// Personalization methods (this module: `lora`; `methods::{adalora, ranked}` the others).
-pub const METHODS: &[&str] = &["lora", "adalora", "bayestune_lora", "fedp2eft"];
+/// Personalization methods (this module: `lora`; `methods::{adalora, ranked, fedl2p}` the
+/// others).
+pub const METHODS: &[&str] = &["lora", "adalora", "bayestune_lora", "fedl2p", "fedp2eft"];
 
 /// LoRA fine-tuning settings (PAPER_NOTES §4: 2 epochs, lr 1e-4, AdamW, wd 0).
 #[derive(Debug, Clone, Copy, PartialEq)]

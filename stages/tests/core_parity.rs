@@ -20,6 +20,9 @@ use stages::peft::{lora, AdapterKind, AdapterSpec, LinearShape};
 use stages::psg::{self, Psg, PsgConfig};
 use stages::train::{self, ClassifierBatch, Clip, Regulariser};
 
+mod common;
+use common::{assert_scaled, host, scale_err};
+
 /// Named trainable parameters.
 type Named = Vec<(String, Var)>;
 
@@ -31,15 +34,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn load(name: &str) -> HashMap<String, Tensor> {
     read_safetensors(&fixture(name), &Device::Cpu).unwrap()
-}
-
-fn host(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Max relative error (see module doc) of `got` against `want`.
@@ -57,29 +51,6 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     let e = rel_err(got, want);
     assert!(e <= tol, "{what}: max relative error {e:.3e} > {tol:.0e}");
-}
-
-/// Max |rust − torch| / max|torch| over the tensor: the measure for gradients, whose elements
-/// are sums over tokens and layers with heavy cancellation (an element far below the tensor's
-/// scale carries the f32 rounding of its large summands, in either implementation).
-fn scale_err(got: &Tensor, want: &Tensor) -> f64 {
-    let (g, w) = (host(got), host(want));
-    let scale = w.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    g.iter()
-        .zip(&w)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
-
-/// Scale-relative check (see `scale_err`) for values after optimiser steps.
-fn assert_scaled(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape mismatch");
-    let e = scale_err(got, want);
-    assert!(
-        e <= tol,
-        "{what}: max error relative to tensor scale {e:.3e} > {tol:.0e}"
-    );
 }
 
 fn assert_grad_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {

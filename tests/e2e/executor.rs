@@ -429,7 +429,7 @@ fn smoke_manifest_runs_and_is_cached() {
     for pool in ["seen", "unseen"] {
         let t = out.join(format!("report_news__masakhanews_{pool}_fedavg.csv"));
         let csv = std::fs::read_to_string(&t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));
-        for method in ["lora", "adalora", "bayestune_lora", "fedp2eft"] {
+        for method in ["lora", "adalora", "bayestune_lora", "fedl2p", "fedp2eft"] {
             assert!(
                 csv.lines()
                     .skip(1)
@@ -451,7 +451,7 @@ fn smoke_manifest_runs_and_is_cached() {
         for metric in ["meteor", "rouge1", "rougeL"] {
             assert!(csv.contains(&format!(",{metric},")), "{csv}");
         }
-        for method in ["lora", "adalora", "bayestune_lora", "fedp2eft"] {
+        for method in ["lora", "adalora", "bayestune_lora", "fedl2p", "fedp2eft"] {
             assert!(
                 csv.lines()
                     .skip(1)
@@ -460,10 +460,12 @@ fn smoke_manifest_runs_and_is_cached() {
             );
         }
     }
-    // Table 5: FedP2EFT's federated training per client-round and every method's inference.
+    // Table 5: FedP2EFT's and FedL2P's federated training per client-round and every method's
+    // inference.
     let cost = std::fs::read_to_string(out.join("cost.csv")).unwrap();
     assert!(cost.contains("fedp2eft,federated_training,"), "{cost}");
-    for method in ["lora", "adalora", "bayestune_lora", "fedp2eft"] {
+    assert!(cost.contains("fedl2p,federated_training,"), "{cost}");
+    for method in ["lora", "adalora", "bayestune_lora", "fedl2p", "fedp2eft"] {
         assert!(
             cost.contains(&format!("{method},personalization,")),
             "{cost}"

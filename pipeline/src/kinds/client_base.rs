@@ -5,13 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datasets::{ClientInfo, PoolReader};
+use datasets::{ClientInfo, PoolReader, Split, TaskKind};
 use stages::base_model::TaskSetup;
+use stages::fl::fedavg_client::ShardLoader;
+use stages::fl::psg_client::BaseLoader;
+use stages::methods::all_linear;
 use stages::personalize::load_base;
 use stages::task::TaskModel;
 use stages::tokenize::PromptTemplate;
 use stages::Device;
 
+use super::task::TaskOptions;
 use crate::context::{InputArtifact, StageContext};
 use crate::registry::StageError;
 
@@ -58,6 +62,55 @@ pub fn find_client(part: &Path, client: u32) -> Result<ClientShard, StageError> 
         "client {client} is in neither pool of partition {}",
         part.display()
     )))
+}
+
+/// The seen pool the federated meta-network kinds (`psg/fedp2eft`, `psg/fedl2p`) train on, and
+/// the model setup of its task.
+pub struct SeenPool {
+    pub reader: PoolReader,
+    pub kind: TaskKind,
+    pub setup: TaskSetup,
+    pub clients: Vec<u32>,
+}
+
+impl SeenPool {
+    pub fn open(
+        ctx: &StageContext,
+        base: &BaseArtifact,
+        task: &TaskOptions,
+    ) -> Result<Self, StageError> {
+        let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
+        let reader = PoolReader::open(part.join("seen.parquet"))?;
+        let kind = reader.task().kind;
+        let setup = task.setup(&reader, base.prompt()?);
+        let clients = reader.clients().iter().map(|c| c.client_id).collect();
+        Ok(Self {
+            reader,
+            kind,
+            setup,
+            clients,
+        })
+    }
+
+    /// (observed, adapted) linears of the clients' base (from the first client's): the
+    /// meta-data size and the number of adapted modules.
+    pub fn linears(&self, loader: &BaseLoader<'_>) -> Result<(usize, usize), StageError> {
+        let first = *self
+            .clients
+            .first()
+            .ok_or_else(|| StageError::msg("the seen pool has no clients"))?;
+        let model = loader(first).map_err(StageError)?;
+        Ok((model.observed_linears(), all_linear(&model).len()))
+    }
+
+    /// Loads a client's train split.
+    pub fn train_shards(&self) -> ShardLoader<'_> {
+        Box::new(move |c| {
+            self.reader
+                .load_client(c, Split::Train)
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// The client ids of both pools (what `client: all` expands to).
@@ -125,7 +178,7 @@ impl BaseArtifact {
         &'a self,
         setup: &'a TaskSetup,
         device: &'a Device,
-    ) -> Result<stages::fl::psg_client::BaseLoader<'a>, StageError> {
+    ) -> Result<BaseLoader<'a>, StageError> {
         if self.is_per_client() {
             Ok(Box::new(move |c| {
                 self.load(c, setup, device).map(Arc::new).map_err(|e| e.0)

@@ -4,6 +4,7 @@ use crate::registry::Registry;
 
 pub mod base;
 pub mod client_base;
+pub mod fedl2p;
 pub mod partition;
 pub mod personalize;
 pub mod psg;
@@ -22,6 +23,7 @@ pub fn registry() -> Registry {
     personalize::register(&mut r);
     psg::register(&mut r);
     score::register(&mut r);
+    fedl2p::register(&mut r);
     if std::env::var_os(TEST_KINDS_ENV).is_some_and(|v| v == "1") {
         testing::register(&mut r);
     }

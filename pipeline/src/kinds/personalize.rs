@@ -1,6 +1,7 @@
 //! `personalize` (PAPER_NOTES §4, §6): one method at one budget on one client of the upstream
 //! partition (seen or unseen pool), starting from the single upstream `base/*` model. Writes
-//! `predictions.csv`, `result.csv` (the report's classification-result schema) and `ranks.csv`.
+//! `predictions.csv`, `result.csv` (the report's classification-result schema) and `ranks.csv`
+//! (FedL2P also `lrs.csv`).
 //! `report` (PAPER_NOTES §7) turns every upstream `result.csv` into the result tables.
 
 use std::collections::BTreeSet;
@@ -14,6 +15,7 @@ use stages::base_model::device_from_name;
 use stages::fl::psg_client::psg_lambdas;
 use stages::methods::adalora::{personalize_adalora, AdaLoraRun};
 use stages::methods::all_linear;
+use stages::methods::fedl2p::Fedl2pRun;
 use stages::methods::ranked::{personalize_ranked, RankedRun};
 use stages::peft::bayestune::{LAMBDA_MAX, LAMBDA_MIN};
 use stages::personalize::{personalize_lora, LoraRun, Personalized, METHODS};
@@ -81,7 +83,7 @@ impl StageKind for PersonalizeKind {
         3
     }
     fn describe(&self) -> &'static str {
-        "personalize a base model on one client (lora, adalora, bayestune_lora, fedp2eft) and score its test split"
+        "personalize a base model on one client (lora, adalora, bayestune_lora, fedl2p, fedp2eft) and score its test split"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let m: MethodOnly = typed_params(params)?;
@@ -351,6 +353,19 @@ fn run_method(
             // The adapters' A is this run's own seeded draw (§4: restored, never re-drawn).
             let init_seed = derive_seed(seed, &["bayestune_init".into()]);
             ranked(lambdas, &meta, init_seed, model)
+        }
+        "fedl2p" => {
+            let up = upstream(ctx, "psg/fedl2p", p.client)?;
+            let run = Fedl2pRun {
+                budget: p.budget,
+                epochs: p.epochs,
+                batch_size: p.task.batch_size(kind),
+                accumulate: p.task.accumulate(kind),
+                seed,
+            };
+            let out =
+                super::fedl2p::personalize(ctx, up, p.client, &run, model, train, test, device)?;
+            Ok((out, None))
         }
         "bayestune_lora" => {
             let up = upstream(ctx, "lambda/bayestune", p.client)?;

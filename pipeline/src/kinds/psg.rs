@@ -11,11 +11,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use datasets::{PoolReader, Split, TaskKind};
+use datasets::{Split, TaskKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stages::base_model::device_from_name;
-use stages::fl::fedavg_client::ShardLoader;
 use stages::fl::psg_client::{PsgClient, PsgRun};
 use stages::fl::{rounds_csv, run_rounds, EngineConfig, EngineState, Weights};
 use stages::methods::all_linear;
@@ -27,10 +26,12 @@ use stages::peft::bayestune::BayesTuneConfig;
 use stages::psg::{init_psg, load_psg, PsgConfig};
 use stages::Device;
 
-use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact};
+use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact, SeenPool};
 use super::task::TaskOptions;
 use crate::context::StageContext;
-use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
+use crate::registry::{
+    require_positive, typed_params, ParamError, PlanInputs, Registry, StageError, StageKind,
+};
 
 pub fn register(r: &mut Registry) {
     r.register(Arc::new(FedP2eftKind));
@@ -117,20 +118,12 @@ impl Stage1Params {
             ));
         }
         self.task().check()?;
-        for (name, v) in [
+        require_positive(&[
             ("alpha", self.alpha),
             ("lr_adapter", self.lr_adapter),
             ("lr_lambda", self.lr_lambda),
             ("clip_norm", self.clip_norm),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return Err(ParamError::new(
-                    Some(name),
-                    format!("`{name}` must be positive"),
-                ));
-            }
-        }
-        Ok(())
+        ])
     }
 
     fn config(&self, kind: TaskKind) -> Stage1Config {
@@ -242,26 +235,16 @@ impl StageKind for FedP2eftKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: PsgParams = ctx.params()?;
         let device = device_from_name(ctx.device()).map_err(err)?;
-        let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
-        let pool = PoolReader::open(part.join("seen.parquet"))?;
-        let kind = pool.task().kind;
         let base = BaseArtifact::of(ctx)?;
-        let setup = p.stage1.task().setup(&pool, base.prompt()?);
-        let clients: Vec<u32> = pool.clients().iter().map(|c| c.client_id).collect();
-        let first = *clients
-            .first()
-            .ok_or_else(|| StageError::msg("the seen pool has no clients"))?;
-        let loader = base.loader(&setup, &device)?;
-        let first_model = loader(first).map_err(StageError)?;
-        let modules = all_linear(&first_model).len();
-        let observed = first_model.observed_linears();
-        drop(first_model);
+        let seen = SeenPool::open(ctx, &base, &p.stage1.task())?;
+        let loader = base.loader(&seen.setup, &device)?;
+        let (observed, modules) = seen.linears(&loader)?;
         let mut run = PsgRun::paper(
             observed,
             modules,
             ctx.derive_seed(&["bayestune_init".into()]),
         );
-        run.stage1 = p.stage1.config(kind);
+        run.stage1 = p.stage1.config(seen.kind);
         run.psg.r_max = p.stage1.r_max;
         run.regression_steps = p.regression_steps;
         run.regression_lr = p.regression_lr;
@@ -282,17 +265,12 @@ impl StageKind for FedP2eftKind {
             // same clients each round.
             seed: ctx.shared_seed(&["psg_fl".into()]),
         };
-        let pool_ref = &pool;
-        let shards: ShardLoader<'_> = Box::new(move |c| {
-            pool_ref
-                .load_client(c, Split::Train)
-                .map_err(|e| e.to_string())
-        });
+        let shards = seen.train_shards();
         let mut client = PsgClient::new(loader, shards, run, device.clone());
         let bar = ctx.progress(p.rounds, "rounds").clone();
         bar.set(state.round);
         let ctx_ref = &*ctx;
-        let state = run_rounds(&engine, &clients, &mut client, state, |s| {
+        let state = run_rounds(&engine, &seen.clients, &mut client, state, |s| {
             ctx_ref
                 .checkpoint(&s.to_bytes().map_err(|e| e.to_string())?)
                 .map_err(|e| e.0)?;

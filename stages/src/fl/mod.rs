@@ -5,6 +5,8 @@ pub mod aggregate;
 pub mod engine;
 pub mod fedavg_client;
 pub mod feddpa_client;
+pub mod fedl2p_client;
+pub mod meta_client;
 pub mod psg_client;
 pub mod sampling;
 

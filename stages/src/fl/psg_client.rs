@@ -2,13 +2,15 @@
 //! the client's train set from λ₀ → Stage 2: ten Adam steps of summed-L1 regression of the PSG
 //! onto the trained (unclamped) λ → the PSG weights go back for FedAvg by sample count.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::engine::{ClientRound, ClientUpdate, LocalTrainer, Weights};
+#[cfg(test)]
+use super::engine::Weights;
+use super::engine::{ClientRound, ClientUpdate, LocalTrainer};
 use super::fedavg_client::ShardLoader;
+use super::meta_client::{store_update, trainable_store, FeatureCache};
 use crate::methods::meta_features;
 use crate::methods::stage1::{train_stage1, LambdaInit, Stage1Config};
 use crate::params::ParamStore;
@@ -55,7 +57,7 @@ pub struct PsgClient<'a> {
     shards: ShardLoader<'a>,
     run: PsgRun,
     device: Device,
-    features: HashMap<u32, Tensor>,
+    features: FeatureCache,
 }
 
 impl<'a> PsgClient<'a> {
@@ -64,8 +66,8 @@ impl<'a> PsgClient<'a> {
             base,
             shards,
             run,
+            features: FeatureCache::new(&device),
             device,
-            features: HashMap::new(),
         }
     }
 }
@@ -77,25 +79,8 @@ impl LocalTrainer for PsgClient<'_> {
         if train.is_empty() {
             return Err("no training examples".into());
         }
-        let feats = match self.features.get(&ctx.client) {
-            Some(f) => f.clone(),
-            None => {
-                let f = meta_features(&model, &train)
-                    .and_then(|f| {
-                        f.to_device(&self.device)
-                            .map_err(|e| step_err(e.to_string()))
-                    })
-                    .map_err(|e| e.to_string())?;
-                self.features.insert(ctx.client, f.clone());
-                f
-            }
-        };
-        let mut store = ParamStore::new(&self.device);
-        for (k, t) in ctx.global {
-            store
-                .insert(k, t.clone(), true)
-                .map_err(|e| e.to_string())?;
-        }
+        let feats = self.features.get(ctx.client, &model, &train)?;
+        let store = trainable_store(ctx.global, &self.device)?;
         let psg = Psg::load(&store, &self.run.psg).map_err(|e| e.to_string())?;
         let lambda0 = psg
             .forward(&feats)
@@ -122,24 +107,7 @@ impl LocalTrainer for PsgClient<'_> {
             self.run.regression_lr,
         )
         .map_err(|e| format!("PSG regression: {e}"))?;
-        let weights: Weights = store
-            .export(|_| true)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
-        Ok(ClientUpdate {
-            weights,
-            n_examples: train.len() as u64,
-            mean_loss: s1.mean_loss,
-            persistent: None,
-        })
-    }
-}
-
-fn step_err(message: String) -> crate::personalize::PersonalizeError {
-    crate::personalize::PersonalizeError::Step {
-        step: "meta-data",
-        message,
+        store_update(&store, train.len(), s1.mean_loss)
     }
 }
 

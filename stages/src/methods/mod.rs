@@ -4,6 +4,7 @@
 //! takes the client's base model by value or reference and leaves the caller's weights alone.
 
 pub mod adalora;
+pub mod fedl2p;
 pub mod ranked;
 pub mod stage1;
 #[cfg(test)]
