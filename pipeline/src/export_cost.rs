@@ -22,6 +22,7 @@ pub fn cost_records(
     for id in ids {
         let (meta, dir) = &metas[id];
         let kind = meta.components.kind.as_str();
+        let setup = setup_of(meta, metas);
         let record = match kind {
             "personalize" => {
                 let method = method_of(meta)?;
@@ -35,6 +36,7 @@ pub fn cost_records(
                     }
                 }
                 CostRecord {
+                    setup,
                     method,
                     phase: Phase::Personalization,
                     wall_seconds: wall,
@@ -48,6 +50,7 @@ pub fn cost_records(
                     .parse()
                     .map_err(|e: String| PipelineError::Other(format!("{id}: {e}")))?;
                 CostRecord {
+                    setup,
                     method,
                     phase: Phase::FederatedTraining,
                     wall_seconds: meta.wall_seconds,
@@ -63,6 +66,18 @@ pub fn cost_records(
         }
     }
     Ok(out)
+}
+
+/// The partition stage an instance reads (its experiment), or "" when it reads none.
+fn setup_of(meta: &Meta, metas: &HashMap<String, (Meta, std::path::PathBuf)>) -> String {
+    meta.components
+        .inputs
+        .values()
+        .flatten()
+        .filter_map(|up| metas.get(&up.instance))
+        .find(|(m, _)| m.components.kind.starts_with("partition/"))
+        .map(|(m, _)| m.stage.clone())
+        .unwrap_or_default()
 }
 
 fn method_of(meta: &Meta) -> Result<Method> {

@@ -655,9 +655,9 @@ mod tests {
     /// trained adapter ends merged into the saved weights.
     #[test]
     fn llama_fedavg_averages_only_the_lora_and_merges_it() {
-        use crate::causal_lm::{build_causal_lm, LmSettings, TinyLlama};
+        use crate::causal_lm::tests::tiny_lm;
+        use crate::causal_lm::TinyLlama;
         use crate::fl::fedavg_client::RoundLr;
-        use crate::tokenize::PromptTemplate;
         let shard = |c: u32| -> Vec<Example> {
             (0..6)
                 .map(|i| Example {
@@ -669,27 +669,17 @@ mod tests {
                 .collect()
         };
         let build = || -> TaskModel {
-            let texts = || Ok((0..2).flat_map(shard).map(|e| e.text_a).collect());
-            build_causal_lm(
-                &ModelSource::TinyLlama(TinyLlama {
-                    hidden: 16,
-                    layers: 1,
-                    heads: 2,
-                    kv_heads: 1,
-                    intermediate: 32,
-                    vocab_size: 400,
-                    seed: 2,
-                }),
-                LmSettings {
-                    prompt: PromptTemplate::Alpaca,
-                    max_len: 128,
-                    max_new_tokens: 2,
-                },
-                texts,
-                &Device::Cpu,
-            )
-            .unwrap()
-            .into()
+            let size = TinyLlama {
+                hidden: 16,
+                layers: 1,
+                heads: 2,
+                kv_heads: 1,
+                intermediate: 32,
+                vocab_size: 400,
+                seed: 2,
+            };
+            let texts = (0..2).flat_map(shard).map(|e| e.text_a).collect();
+            tiny_lm(size, texts, 2).into()
         };
         let sgd = LocalSgdConfig {
             accumulate: 2,

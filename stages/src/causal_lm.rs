@@ -383,9 +383,30 @@ pub(crate) mod tests {
         }
     }
 
+    /// A tiny LLaMA of `size` with a BPE tokenizer trained on `texts` (Alpaca prompts, 128
+    /// tokens).
+    pub(crate) fn tiny_lm(
+        size: TinyLlama,
+        texts: Vec<String>,
+        max_new_tokens: usize,
+    ) -> CausalLmModel {
+        let settings = LmSettings {
+            prompt: PromptTemplate::Alpaca,
+            max_len: 128,
+            max_new_tokens,
+        };
+        build_causal_lm(
+            &ModelSource::TinyLlama(size),
+            settings,
+            || Ok(texts),
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+
     /// A 1-layer LLaMA with a BPE tokenizer trained on the `ex` texts.
     pub(crate) fn tiny() -> CausalLmModel {
-        let source = ModelSource::TinyLlama(TinyLlama {
+        let size = TinyLlama {
             hidden: 16,
             layers: 1,
             heads: 2,
@@ -393,18 +414,11 @@ pub(crate) mod tests {
             intermediate: 32,
             vocab_size: 400,
             seed: 5,
-        });
-        let settings = LmSettings {
-            prompt: PromptTemplate::Alpaca,
-            max_len: 128,
-            max_new_tokens: 4,
         };
-        let texts = || {
-            Ok((0..6)
-                .map(|i| format!("Say hello number {i} hello {i}"))
-                .collect())
-        };
-        build_causal_lm(&source, settings, texts, &Device::Cpu).unwrap()
+        let texts = (0..6)
+            .map(|i| format!("Say hello number {i} hello {i}"))
+            .collect();
+        tiny_lm(size, texts, 4)
     }
 
     #[test]

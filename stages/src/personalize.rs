@@ -379,8 +379,8 @@ mod tests {
     /// then reproduces them; the same run is bit-reproducible.
     #[test]
     fn lora_on_a_causal_lm_learns_the_responses() {
-        use crate::causal_lm::{build_causal_lm, LmSettings, TinyLlama};
-        use crate::tokenize::PromptTemplate;
+        use crate::causal_lm::tests::tiny_lm;
+        use crate::causal_lm::TinyLlama;
         let words = ["red", "blue", "green", "gold"];
         let examples: Vec<Example> = words
             .iter()
@@ -392,32 +392,20 @@ mod tests {
             })
             .collect();
         let build = || -> TaskModel {
-            let texts = || {
-                Ok(examples
-                    .iter()
-                    .map(|e| format!("{} {}", e.text_a, e.text_b.as_ref().unwrap()))
-                    .collect())
+            let size = TinyLlama {
+                hidden: 32,
+                layers: 2,
+                heads: 4,
+                kv_heads: 2,
+                intermediate: 64,
+                vocab_size: 420,
+                seed: 11,
             };
-            build_causal_lm(
-                &ModelSource::TinyLlama(TinyLlama {
-                    hidden: 32,
-                    layers: 2,
-                    heads: 4,
-                    kv_heads: 2,
-                    intermediate: 64,
-                    vocab_size: 420,
-                    seed: 11,
-                }),
-                LmSettings {
-                    prompt: PromptTemplate::Alpaca,
-                    max_len: 128,
-                    max_new_tokens: 6,
-                },
-                texts,
-                &Device::Cpu,
-            )
-            .unwrap()
-            .into()
+            let texts = examples
+                .iter()
+                .map(|e| format!("{} {}", e.text_a, e.text_b.as_ref().unwrap()))
+                .collect();
+            tiny_lm(size, texts, 6).into()
         };
         let run = LoraRun {
             budget: 8,

@@ -460,15 +460,21 @@ fn smoke_manifest_runs_and_is_cached() {
             );
         }
     }
-    // Table 5: FedP2EFT's and FedL2P's federated training per client-round and every method's
-    // inference.
+    // Table 5, per setup (partition stage): FedP2EFT's and FedL2P's federated training per
+    // client-round and every method's inference.
     let cost = std::fs::read_to_string(out.join("cost.csv")).unwrap();
-    assert!(cost.contains("fedp2eft,federated_training,"), "{cost}");
-    assert!(cost.contains("fedl2p,federated_training,"), "{cost}");
-    for method in ["lora", "adalora", "bayestune_lora", "fedl2p", "fedp2eft"] {
-        assert!(
-            cost.contains(&format!("{method},personalization,")),
-            "{cost}"
-        );
+    for setup in ["partition_news", "partition_aya"] {
+        for method in ["fedp2eft", "fedl2p"] {
+            assert!(
+                cost.contains(&format!("{setup},{method},federated_training,")),
+                "{cost}"
+            );
+        }
+        for method in ["lora", "adalora", "bayestune_lora", "fedl2p", "fedp2eft"] {
+            assert!(
+                cost.contains(&format!("{setup},{method},personalization,")),
+                "{cost}"
+            );
+        }
     }
 }

@@ -106,7 +106,17 @@ impl Figure for CurveFigure {
         let (y_lo, y_hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
             (lo.min(y), hi.max(y))
         });
-        let pad = ((y_hi - y_lo) * 0.12).max(y_hi.abs().max(1e-3) * 0.01);
+        // A flat set of points (e.g. every method at 0) still gets a readable axis.
+        let pad = if y_hi > y_lo {
+            (y_hi - y_lo) * 0.12
+        } else {
+            (y_hi.abs() * 0.05).max(0.01)
+        };
+        // Enough decimals to tell the ~10 tick labels apart; `+ 0.0` turns −0 into 0.
+        let decimals = (-((y_hi - y_lo + 2.0 * pad) / 10.0).log10())
+            .ceil()
+            .clamp(0.0, 6.0) as usize;
+        let y_label = move |v: &f64| format!("{:.*}", decimals, v + 0.0);
         // Legend in its own strip on the right so it never hides a line.
         let legend_w = 190;
         let (plot, legend) = area.split_horizontally(area.dim_in_pixel().0 as i32 - legend_w);
@@ -133,6 +143,7 @@ impl Figure for CurveFigure {
             .x_desc("rank budget r_b")
             .y_desc(self.y_label.as_str())
             .x_label_formatter(&budget_label)
+            .y_label_formatter(&y_label)
             .label_style((FONT, 15))
             .axis_desc_style((FONT, 16))
             .light_line_style(TRANSPARENT)

@@ -16,6 +16,7 @@ const BYTES_PER_GB: f64 = 1e9;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CostRow {
+    pub setup: String,
     pub method: Method,
     pub phase: Phase,
     /// Σ wall seconds / Σ clients over the method's instances of this phase: seconds per
@@ -27,9 +28,10 @@ pub struct CostRow {
     pub clients: u64,
 }
 
-/// One row per (method, phase) present, in the paper's method order, training before inference.
+/// One row per (setup, method, phase) present: setups in name order, then the paper's method
+/// order, training before inference.
 pub fn cost_table(records: &[CostRecord]) -> Result<Vec<CostRow>, ReportError> {
-    let mut acc: BTreeMap<(Method, Phase), (f64, u64, u64, usize)> = BTreeMap::new();
+    let mut acc: BTreeMap<(String, Method, Phase), (f64, u64, u64, usize)> = BTreeMap::new();
     for (i, r) in records.iter().enumerate() {
         if !(r.wall_seconds.is_finite() && r.wall_seconds >= 0.0) || r.clients == 0 {
             return Err(ReportError::invalid(
@@ -40,7 +42,9 @@ pub fn cost_table(records: &[CostRecord]) -> Result<Vec<CostRow>, ReportError> {
                 ),
             ));
         }
-        let e = acc.entry((r.method, r.phase)).or_insert((0.0, 0, 0, 0));
+        let e = acc
+            .entry((r.setup.clone(), r.method, r.phase))
+            .or_insert((0.0, 0, 0, 0));
         e.0 += r.wall_seconds;
         e.1 += r.clients;
         e.2 = e.2.max(r.peak_rss_bytes);
@@ -49,7 +53,8 @@ pub fn cost_table(records: &[CostRecord]) -> Result<Vec<CostRow>, ReportError> {
     Ok(acc
         .into_iter()
         .map(
-            |((method, phase), (wall, clients, peak, instances))| CostRow {
+            |((setup, method, phase), (wall, clients, peak, instances))| CostRow {
+                setup,
                 method,
                 phase,
                 mean_latency_seconds: wall / clients as f64,
@@ -67,6 +72,7 @@ pub fn write_cost_table(rows: &[CostRow], dir: &Path) -> Result<Vec<PathBuf>, Re
     ensure_dir(dir)?;
     let csv = dir.join("cost.csv");
     let mut frame = df!(
+        "setup" => rows.iter().map(|r| r.setup.as_str()).collect::<Vec<_>>(),
         "method" => rows.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(),
         "phase" => rows.iter().map(|r| r.phase.as_str()).collect::<Vec<_>>(),
         "mean_latency_seconds" => rows.iter().map(|r| r.mean_latency_seconds).collect::<Vec<_>>(),
@@ -84,30 +90,43 @@ pub fn write_cost_table(rows: &[CostRow], dir: &Path) -> Result<Vec<PathBuf>, Re
     Ok(vec![csv, md])
 }
 
+/// The paper's layout per setup; with several setups each gets a `### setup` heading.
 fn cost_markdown(rows: &[CostRow]) -> String {
-    let mut out = String::from(
-        "| Approach | Federated Training: Mean Latency (s) | Federated Training: Peak Memory (GB) \
-         | Inference: Mean Latency (s) | Inference: Peak Memory (GB) |\n\
-         |---|---:|---:|---:|---:|\n",
-    );
-    let mut methods: Vec<Method> = rows.iter().map(|r| r.method).collect();
-    methods.dedup();
-    for method in methods {
-        out.push_str(&format!("| {} |", method.label()));
-        for phase in Phase::ALL {
-            match rows
-                .iter()
-                .find(|r| r.method == method && r.phase == *phase)
-            {
-                Some(r) => out.push_str(&format!(
-                    " {:.2} | {:.2} |",
-                    r.mean_latency_seconds,
-                    r.peak_memory_bytes as f64 / BYTES_PER_GB
-                )),
-                None => out.push_str(" - | - |"),
-            }
+    let mut setups: Vec<&str> = rows.iter().map(|r| r.setup.as_str()).collect();
+    setups.dedup();
+    let mut out = String::new();
+    for setup in &setups {
+        if setups.len() > 1 {
+            out.push_str(&format!("### {setup}\n\n"));
         }
-        out.push('\n');
+        out.push_str(
+            "| Approach | Federated Training: Mean Latency (s) | Federated Training: Peak Memory (GB) \
+             | Inference: Mean Latency (s) | Inference: Peak Memory (GB) |\n\
+             |---|---:|---:|---:|---:|\n",
+        );
+        let rows: Vec<&CostRow> = rows.iter().filter(|r| r.setup == *setup).collect();
+        let mut methods: Vec<Method> = rows.iter().map(|r| r.method).collect();
+        methods.dedup();
+        for method in methods {
+            out.push_str(&format!("| {} |", method.label()));
+            for phase in Phase::ALL {
+                match rows
+                    .iter()
+                    .find(|r| r.method == method && r.phase == *phase)
+                {
+                    Some(r) => out.push_str(&format!(
+                        " {:.2} | {:.2} |",
+                        r.mean_latency_seconds,
+                        r.peak_memory_bytes as f64 / BYTES_PER_GB
+                    )),
+                    None => out.push_str(" - | - |"),
+                }
+            }
+            out.push('\n');
+        }
+        if setups.len() > 1 {
+            out.push('\n');
+        }
     }
     out
 }
@@ -118,6 +137,7 @@ mod tests {
 
     fn rec(method: Method, phase: Phase, wall: f64, rss: u64, clients: u64) -> CostRecord {
         CostRecord {
+            setup: String::new(),
             method,
             phase,
             wall_seconds: wall,
@@ -188,9 +208,28 @@ mod tests {
         let written = write_cost_table(&rows, dir.path()).unwrap();
         let csv = std::fs::read_to_string(&written[0]).unwrap();
         assert!(
-            csv.starts_with("method,phase,mean_latency_seconds"),
+            csv.starts_with("setup,method,phase,mean_latency_seconds"),
             "{csv}"
         );
-        assert!(csv.contains("lora,personalization,1.0,1,1,1"), "{csv}");
+        assert!(csv.contains(",lora,personalization,1.0,1,1,1"), "{csv}");
+    }
+
+    #[test]
+    fn setups_are_never_averaged_together() {
+        let mut a = rec(Method::Lora, Phase::Personalization, 1.0, 1, 1);
+        let mut b = rec(Method::Lora, Phase::Personalization, 3.0, 1, 1);
+        a.setup = "xnli".into();
+        b.setup = "fed_aya".into();
+        let rows = cost_table(&[a, b]).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].setup.as_str(), rows[0].mean_latency_seconds),
+            ("fed_aya", 3.0)
+        );
+        let md = cost_markdown(&rows);
+        assert!(
+            md.contains("### fed_aya") && md.contains("### xnli"),
+            "{md}"
+        );
     }
 }

@@ -161,6 +161,7 @@ mod tests {
 
         let cost = cost_table(&[
             CostRecord {
+                setup: String::new(),
                 method: Method::FedP2eft,
                 phase: Phase::FederatedTraining,
                 wall_seconds: 100.8,
@@ -168,6 +169,7 @@ mod tests {
                 clients: 30,
             },
             CostRecord {
+                setup: String::new(),
                 method: Method::Lora,
                 phase: Phase::Personalization,
                 wall_seconds: 3.16,

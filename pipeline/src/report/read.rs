@@ -6,7 +6,7 @@
 //!   language, correct, total
 //! - generation scores: dataset, pool, base_model, method, budget, seed, client_id, language,
 //!   rouge1, rougeL, meteor
-//! - cost records: method, phase, wall_seconds, peak_rss_bytes, clients
+//! - cost records: method, phase, wall_seconds, peak_rss_bytes, clients (and optionally setup)
 //! - rank records: method, budget, client_id, language, module, rank
 //! - λ vectors, long format: client_id, language, position (0-based index in the flat vector,
 //!   module order), lambda
@@ -91,6 +91,12 @@ pub fn read_generation_scores(path: &Path) -> Result<Vec<GenerationScore>, Repor
 pub fn read_cost_records(path: &Path) -> Result<Vec<CostRecord>, ReportError> {
     let t = Table::load(path)?;
     let (method, phase) = (t.parsed("method")?, t.parsed("phase")?);
+    // Optional: files without it hold one setup.
+    let setup = if t.has("setup") {
+        t.strings("setup")?
+    } else {
+        vec![String::new(); t.height()]
+    };
     let (wall, rss, clients) = (
         t.floats("wall_seconds")?,
         t.parsed("peak_rss_bytes")?,
@@ -98,6 +104,7 @@ pub fn read_cost_records(path: &Path) -> Result<Vec<CostRecord>, ReportError> {
     );
     Ok((0..t.height())
         .map(|i| CostRecord {
+            setup: setup[i].clone(),
             method: method[i],
             phase: phase[i],
             wall_seconds: wall[i],
@@ -241,6 +248,10 @@ impl Table {
             column: column.to_string(),
             message,
         }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.frame.column(name).is_ok()
     }
 
     /// The column as text, one `String` per row; nulls are errors.

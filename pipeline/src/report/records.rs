@@ -121,8 +121,11 @@ pub struct GenerationScore {
 
 /// Wall time and peak memory of one executor instance. `clients` is how many units of work
 /// the instance covered: client-rounds for federated training, clients for personalization.
+/// `setup` names the experiment it belongs to (the partition stage), so costs of different
+/// datasets and models are never averaged together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CostRecord {
+    pub setup: String,
     pub method: Method,
     pub phase: Phase,
     pub wall_seconds: f64,

@@ -159,6 +159,7 @@ mod tests {
             }
         }
         let cost = [CostRecord {
+            setup: String::new(),
             method: Method::FedP2eft,
             phase: Phase::Personalization,
             wall_seconds: 4.4,

@@ -173,7 +173,8 @@ impl<'a> FedAvgClient<'a> {
     }
 }
 
-fn export(store: &ParamStore, select: impl Fn(&str) -> bool) -> Result<Weights, String> {
+/// The parameters of `store` selected by name, as the weights a client sends.
+pub(crate) fn export(store: &ParamStore, select: impl Fn(&str) -> bool) -> Result<Weights, String> {
     Ok(store
         .export(select)
         .map_err(|e| e.to_string())?
@@ -181,7 +182,8 @@ fn export(store: &ParamStore, select: impl Fn(&str) -> bool) -> Result<Weights, 
         .collect())
 }
 
-fn assign(store: &mut ParamStore, w: &Weights) -> Result<(), String> {
+/// Copies `w` into the store's parameters of the same names.
+pub(crate) fn assign(store: &mut ParamStore, w: &Weights) -> Result<(), String> {
     let map = w.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     store.assign(&map).map_err(|e| e.to_string())
 }

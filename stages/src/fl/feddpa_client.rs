@@ -8,7 +8,7 @@ use candle_core::DType;
 use datasets::Example;
 
 use super::engine::{ClientRound, ClientUpdate, LocalTrainer, Weights};
-use super::fedavg_client::{train_local, LocalSgdConfig, ShardLoader};
+use super::fedavg_client::{assign, export, train_local, LocalSgdConfig, ShardLoader};
 use crate::model::bert::{BertConfig, BertForSequenceClassification};
 use crate::params::ParamStore;
 use crate::peft::lora::{add_lora, merge_into_store, TargetModules};
@@ -138,19 +138,6 @@ impl<'a> FedDpaClient<'a> {
         )
         .map(|(loss, _)| loss)
     }
-}
-
-fn assign(store: &mut ParamStore, w: &Weights) -> Result<(), String> {
-    let map = w.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    store.assign(&map).map_err(|e| e.to_string())
-}
-
-fn export(store: &ParamStore, select: impl Fn(&str) -> bool) -> Result<Weights, String> {
-    Ok(store
-        .export(select)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .collect())
 }
 
 impl LocalTrainer for FedDpaClient<'_> {
