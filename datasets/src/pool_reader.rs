@@ -88,6 +88,9 @@ impl PoolReader {
                 })?;
         let mut clients: Vec<ClientInfo> = Vec::new();
         let mut index: BTreeMap<u32, usize> = BTreeMap::new();
+        // Rows carry their own language; a client's is the dominant one of its train rows, as
+        // in the partition summary (Fed-Aya clients mix languages).
+        let mut train_languages: Vec<Vec<String>> = Vec::new();
         for batch in reader {
             let batch = batch.map_err(|source| DatasetError::Arrow {
                 path: path.clone(),
@@ -116,13 +119,22 @@ impl PoolReader {
                         n_train: 0,
                         n_test: 0,
                     });
+                    train_languages.push(Vec::new());
                     clients.len() - 1
                 });
                 match splits.value(i) {
-                    "train" => clients[slot].n_train += 1,
+                    "train" => {
+                        clients[slot].n_train += 1;
+                        train_languages[slot].push(langs.value(i).to_string());
+                    }
                     "test" => clients[slot].n_test += 1,
                     other => return Err(not_pool(format!("unknown split `{other}`"))),
                 }
+            }
+        }
+        for (c, langs) in clients.iter_mut().zip(&train_languages) {
+            if !langs.is_empty() {
+                c.language = crate::partition::most_frequent(langs.iter().map(String::as_str));
             }
         }
         // Which row groups hold which client, from the row-group statistics when present.

@@ -142,3 +142,26 @@ fn aya_test_sets_become_a_small_generation_dataset() {
         .count();
     assert!(skewed >= 9, "{skewed}");
 }
+
+/// Rows of a Fed-Aya client mix languages: the pool file reports each client's dominant train
+/// language — the summary's — not the language of whichever row comes first.
+#[test]
+fn pool_reader_reports_each_clients_dominant_language() {
+    let path = fixtures().join("fed_aya/aya_test_datasets.json");
+    let ds = partition_aya_test_sets(&path, &AyaTestSetsConfig::default(), 42).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    write_partition(&ds, tmp.path()).unwrap();
+    let mut mixed = 0;
+    for (pool, file) in ds.pools.iter().zip(["seen.parquet", "unseen.parquet"]) {
+        let reader = PoolReader::open(tmp.path().join(file)).unwrap();
+        for (c, info) in pool.clients.iter().zip(reader.clients()) {
+            assert_eq!(info.client_id, c.client_id);
+            assert_eq!(info.language, c.language, "client {}", c.client_id);
+            let first = reader.load_client(c.client_id, Split::Train).unwrap()[0]
+                .language
+                .clone();
+            mixed += usize::from(first != c.language);
+        }
+    }
+    assert!(mixed > 0, "some client's first row is not in its language");
+}

@@ -59,9 +59,15 @@ fn test_rows(n: usize, fraction: f64) -> usize {
 
 /// The most frequent language among `rows` (ties: alphabetically first).
 fn dominant_language(rows: &[Example]) -> String {
+    most_frequent(rows.iter().map(|r| r.language.as_str()))
+}
+
+/// The most frequent of `languages` (ties: alphabetically first; empty: ""): a client's
+/// language is the dominant language of its train rows.
+pub(crate) fn most_frequent<'a>(languages: impl IntoIterator<Item = &'a str>) -> String {
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
-    for r in rows {
-        *counts.entry(r.language.as_str()).or_default() += 1;
+    for l in languages {
+        *counts.entry(l).or_default() += 1;
     }
     let mut best: Option<(&str, usize)> = None;
     for (l, n) in counts {

@@ -80,7 +80,8 @@ impl StageKind for PersonalizeKind {
         "personalize"
     }
     fn version(&self) -> u32 {
-        3
+        // 4: ranks.csv names a client's dominant train language (was its first row's).
+        4
     }
     fn describe(&self) -> &'static str {
         "personalize a base model on one client (lora, adalora, bayestune_lora, fedl2p, fedp2eft) and score its test split"
