@@ -134,7 +134,13 @@ mod tests {
     use crate::key::{InputRef, KeyComponents};
     use std::collections::BTreeMap;
 
-    fn meta(instance: &str, kind: &str, params: serde_json::Value, wall: f64, inputs: &[&str]) -> Meta {
+    fn meta(
+        instance: &str,
+        kind: &str,
+        params: serde_json::Value,
+        wall: f64,
+        inputs: &[&str],
+    ) -> Meta {
         let mut ins = BTreeMap::new();
         for i in inputs {
             ins.entry(i.split('[').next().unwrap().to_string())
@@ -179,14 +185,26 @@ mod tests {
         let dir = std::path::PathBuf::new();
         metas.insert(
             "stage1[client=0]".to_string(),
-            (meta("stage1[client=0]", "lambda/bayestune", serde_json::json!({}), 30.0, &[]), dir.clone()),
+            (
+                meta(
+                    "stage1[client=0]",
+                    "lambda/bayestune",
+                    serde_json::json!({}),
+                    30.0,
+                    &[],
+                ),
+                dir.clone(),
+            ),
         );
         for (m, wall) in [("lora", 10.0), ("bayestune_lora", 12.0), ("fedp2eft", 11.0)] {
             let id = format!("personalize[method={m}]");
             let p = serde_json::json!({"method": m});
             metas.insert(
                 id.clone(),
-                (meta(&id, "personalize", p, wall, &["stage1[client=0]"]), dir.clone()),
+                (
+                    meta(&id, "personalize", p, wall, &["stage1[client=0]"]),
+                    dir.clone(),
+                ),
             );
         }
         let records = cost_records(&metas).unwrap();

@@ -310,10 +310,9 @@ fn smollm2_completion_only_batch_matches_trl_collator() {
         &dir,
     )
     .unwrap();
-    let f: CollatorFixture = serde_json::from_str(
-        &std::fs::read_to_string(fixture("smollm2_collator.json")).unwrap(),
-    )
-    .unwrap();
+    let f: CollatorFixture =
+        serde_json::from_str(&std::fs::read_to_string(fixture("smollm2_collator.json")).unwrap())
+            .unwrap();
     let settings = LmSettings {
         prompt: PromptTemplate::Alpaca,
         max_len: f.max_len,
@@ -344,7 +343,11 @@ fn smollm2_completion_only_batch_matches_trl_collator() {
         .collect();
     let kept = m.trainable_examples(&all).unwrap();
     let want: Vec<&datasets::Example> = f.kept.iter().map(|&i| &all[i]).collect();
-    assert_eq!(kept.iter().collect::<Vec<_>>(), want, "prompt-length filter");
+    assert_eq!(
+        kept.iter().collect::<Vec<_>>(),
+        want,
+        "prompt-length filter"
+    );
     let order: Vec<usize> = (0..kept.len()).collect();
     let b = m.batch(&kept, &order).unwrap();
     assert_eq!(b.input_ids.to_vec2::<u32>().unwrap(), f.input_ids);

@@ -97,7 +97,11 @@ fn completion_only_batch_matches_trl_collator() {
     let kept = m.trainable_examples(&all).unwrap();
     let want: Vec<usize> = serde_json::from_value(fx["kept"].clone()).unwrap();
     let want: Vec<&Example> = want.iter().map(|&i| &all[i]).collect();
-    assert_eq!(kept.iter().collect::<Vec<_>>(), want, "prompt-length filter");
+    assert_eq!(
+        kept.iter().collect::<Vec<_>>(),
+        want,
+        "prompt-length filter"
+    );
     let b = our_batch(&m, &fx);
     assert_eq!(
         b.input_ids.to_vec2::<u32>().unwrap(),
@@ -174,8 +178,8 @@ fn check_variant(name: &'static str) {
     let v = variant(&m, &g, name);
     if name != "bt_all" {
         // PEFT's module selection (`all-linear` for a causal LM excludes lm_head) is ours.
-        let peft: BTreeSet<String> = serde_json::from_value(fx[&format!("{name}.modules")].clone())
-            .unwrap();
+        let peft: BTreeSet<String> =
+            serde_json::from_value(fx[&format!("{name}.modules")].clone()).unwrap();
         let ours: BTreeSet<String> = v.modules.iter().map(|m| m.name.clone()).collect();
         assert_eq!(ours, peft, "{name}: adapted modules");
     }
@@ -205,7 +209,10 @@ fn check_variant(name: &'static str) {
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("{name}: no gradient for {param}"));
         let e = scale_err(got, want);
-        assert!(e <= TOL, "{name}: gradient of {param} relative error {e:.2e}");
+        assert!(
+            e <= TOL,
+            "{name}: gradient of {param} relative error {e:.2e}"
+        );
         worst = worst.max(e);
         n += 1;
     }
@@ -295,7 +302,8 @@ fn check_generation(
         })
         .collect();
     let texts = m.generate(&net, &test, 8).unwrap();
-    let want: Vec<String> = serde_json::from_value(fx[&format!("{name}.gen_texts")].clone()).unwrap();
+    let want: Vec<String> =
+        serde_json::from_value(fx[&format!("{name}.gen_texts")].clone()).unwrap();
     assert_eq!(texts, want, "{name}: decoded generations");
 }
 

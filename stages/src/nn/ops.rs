@@ -35,12 +35,7 @@ pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Re
 struct FrozenRhsMatmul;
 
 impl FrozenRhsMatmul {
-    fn fwd<S: BackendStorage>(
-        x: &S,
-        xl: &Layout,
-        w: &S,
-        wl: &Layout,
-    ) -> Result<(S, Shape)> {
+    fn fwd<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<(S, Shape)> {
         let (m, k) = xl.shape().dims2()?;
         let (n, k2) = wl.shape().dims2()?;
         if k != k2 {
@@ -145,7 +140,10 @@ mod tests {
         let f32 = candle_core::DType::F32;
         let x = Var::from_tensor(&normal_tensor(1, (6, 5), 1.0, &dev, f32).unwrap()).unwrap();
         let w = normal_tensor(2, (3, 5), 1.0, &dev, f32).unwrap();
-        let b = normal_tensor(3, (1, 3), 1.0, &dev, f32).unwrap().squeeze(0).unwrap();
+        let b = normal_tensor(3, (1, 3), 1.0, &dev, f32)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
         let xs = x.as_tensor().reshape((2, 3, 5)).unwrap();
         let y = linear_forward(&xs, &w, Some(&b)).unwrap();
         let plain = xs
@@ -159,7 +157,9 @@ mod tests {
             .unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(flat(&y), flat(&plain), "same GEMM, same bits");
-        let up = normal_tensor(4, (2, 9), 1.0, &dev, f32).unwrap().reshape((2, 3, 3));
+        let up = normal_tensor(4, (2, 9), 1.0, &dev, f32)
+            .unwrap()
+            .reshape((2, 3, 3));
         let loss = |t: &Tensor| (t * up.as_ref().unwrap()).unwrap().sum_all().unwrap();
         let g = loss(&y).backward().unwrap();
         let gp = loss(&plain).backward().unwrap();
@@ -167,7 +167,10 @@ mod tests {
         let gxp = gp.get(x.as_tensor()).unwrap();
         let e = (gx - gxp).unwrap().abs().unwrap().max_all().unwrap();
         assert!(e.to_scalar::<f32>().unwrap() < 1e-6);
-        assert!(g.get(&w).is_none(), "no gradient formed for the frozen weight");
+        assert!(
+            g.get(&w).is_none(),
+            "no gradient formed for the frozen weight"
+        );
         // A trainable weight keeps the plain path and gets its gradient.
         let wv = Var::from_tensor(&w).unwrap();
         let gw = loss(&linear_forward(&xs, wv.as_tensor(), Some(&b)).unwrap())
