@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Result as CResult, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{layer_norm, softmax_last_dim, Dropout};
+use crate::nn::{attention, gelu_erf, layer_norm, residual_layer_norm, DropMask, Dropout};
 use crate::params::{ParamError, ParamStore};
 use crate::peft::layer::ForwardCtx;
 use crate::peft::{AdaptedLinear, AdapterSpec, LinearShape};
@@ -401,6 +401,16 @@ impl LayerNorm {
     fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
         layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
+
+    /// `LayerNorm(dropout(a) + residual)`.
+    fn forward_residual(
+        &self,
+        a: &Tensor,
+        residual: &Tensor,
+        drop: Option<DropMask>,
+    ) -> CResult<Tensor> {
+        residual_layer_norm(a, residual, &self.weight, &self.bias, self.eps, drop)
+    }
 }
 
 struct BertLayer {
@@ -553,7 +563,6 @@ impl BertForSequenceClassification {
         let (b, s) = input.input_ids.dims2()?;
         let h = self.cfg.hidden_size;
         let nh = self.cfg.num_attention_heads;
-        let dh = h / nh;
         let drop = ctx.dropout;
 
         // Embeddings: word + absolute position + token type, then LayerNorm and dropout.
@@ -581,35 +590,22 @@ impl BertForSequenceClassification {
             .attention_mask
             .to_dtype(dtype)?
             .affine(-1.0, 1.0)?
-            .affine(min, 0.0)?
-            .reshape((b, 1, 1, s))?;
-        let scale = 1.0 / (dh as f64).sqrt();
+            .affine(min, 0.0)?;
 
         for layer in &self.layers {
-            let heads = |t: Tensor| -> CResult<Tensor> {
-                t.reshape((b, s, nh, dh))?.transpose(1, 2)?.contiguous()
-            };
-            let q = heads(layer.query.forward(&hs, ctx)?)?;
-            let k = heads(layer.key.forward(&hs, ctx)?)?;
-            let v = heads(layer.value.forward(&hs, ctx)?)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&ext)?;
-            let probs = self
-                .attn_dropout
-                .forward(&softmax_last_dim(&scores)?, drop)?;
-            let ctx_t = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, s, h))?;
-            let a = self
-                .hidden_dropout
-                .forward(&layer.attn_out.forward(&ctx_t, ctx)?, drop)?;
-            let attn = layer.attn_ln.forward(&(a + &hs)?)?;
-            let inter = layer.intermediate.forward(&attn, ctx)?.gelu_erf()?;
-            let o = self
-                .hidden_dropout
-                .forward(&layer.output.forward(&inter, ctx)?, drop)?;
-            hs = layer.out_ln.forward(&(o + attn)?)?;
+            let q = layer.query.forward(&hs, ctx)?;
+            let k = layer.key.forward(&hs, ctx)?;
+            let v = layer.value.forward(&hs, ctx)?;
+            let ctx_t = attention(&q, &k, &v, &ext, nh, self.attn_dropout.mask(drop))?;
+            let a = layer.attn_out.forward(&ctx_t, ctx)?;
+            let attn = layer
+                .attn_ln
+                .forward_residual(&a, &hs, self.hidden_dropout.mask(drop))?;
+            let inter = gelu_erf(&layer.intermediate.forward(&attn, ctx)?)?;
+            let o = layer.output.forward(&inter, ctx)?;
+            hs = layer
+                .out_ln
+                .forward_residual(&o, &attn, self.hidden_dropout.mask(drop))?;
         }
 
         let first = hs.narrow(1, 0, 1)?.squeeze(1)?;
