@@ -203,6 +203,24 @@ impl AdaptedLinear {
         };
         // The adapter branch runs in the adapters' dtype (f32 adapters on a bf16 base, as PEFT's
         // autocast_adapter_dtype), its result rounded to the base output's dtype.
+        if fused && fused::supported(&ad.a) {
+            let gain = match &ad.form {
+                Form::Lora => Tensor::ones(ad.a.dim(0)?, ad.a.dtype(), ad.a.device())?,
+                Form::BayesTune { lambda } => lambda.clone(),
+                // x·(A ⊙ E)ᵀ = (x·Aᵀ) ⊙ Eᵀ: E scales each rank.
+                Form::AdaLora { e } => e.flatten_all()?,
+            };
+            return fused::linear::adapted_linear(
+                xs,
+                &self.weight,
+                self.bias.as_ref(),
+                &ad.a,
+                &gain,
+                &ad.b,
+                ad.scaling,
+                self.dropout.mask(ctx.dropout),
+            );
+        }
         let x = self
             .dropout
             .forward(&xs.to_dtype(ad.a.dtype())?, ctx.dropout)?;
@@ -212,16 +230,6 @@ impl AdaptedLinear {
             Form::BayesTune { lambda } => linear_forward(&x, &ad.a, None)?.broadcast_mul(lambda)?,
             Form::AdaLora { e } => linear_forward(&x, &ad.a.broadcast_mul(e)?, None)?,
         };
-        if fused && fused::supported(&ad.b) {
-            return fused::linear::frozen_linear_low_rank(
-                xs,
-                &self.weight,
-                self.bias.as_ref(),
-                &down,
-                &ad.b,
-                ad.scaling,
-            );
-        }
         let y = linear_forward(xs, &self.weight, self.bias.as_ref())?;
         let up = (linear_forward(&down, &ad.b, None)? * ad.scaling)?.to_dtype(y.dtype())?;
         y + up

@@ -1,12 +1,19 @@
-//! `y = x·Wᵀ + b (+ s·down·Bᵀ)` for a frozen base weight `W` (out × in): the base linear of an
-//! adapted layer fused with the up-projection of its low-rank branch. The backward pass returns
-//! `dx = dy·W` (skipped when `x` carries no gradient), `d down = s·dy·B` and `dB = s·dyᵀ·down`,
-//! and never forms the gradient of the frozen `W`, which candle's matmul backward always does.
+//! `y = x·Wᵀ + b` for a frozen base weight `W` (out × in), alone or with a whole low-rank
+//! adapter branch fused in. The backward pass returns `dx` (skipped when `x` carries no
+//! gradient) and the adapter's gradients, and never forms the gradient of the frozen `W`, which
+//! candle's matmul backward always computes; the branch's full-size intermediates (`dx` through
+//! A, the sum of the two `dx` terms) stay inside the kernel.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::borrow::Cow;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat, MatMut};
-use super::{host_f32, storage_like, with_host_f32};
+use super::{host_f32, storage_like, tensor_of, with_host_f32};
+use crate::nn::dropout::DropMask;
+
+const CHUNK: usize = 1 << 14;
 
 /// The frozen part: weight (out × in) and optional bias (out).
 #[derive(Clone)]
@@ -94,46 +101,92 @@ impl CustomOp1 for FrozenLinearOp {
     }
 }
 
-struct FrozenLowRankOp {
+/// The low-rank branch `s·((x ⊙ m)·Aᵀ ⊙ g)·Bᵀ`: A (r × in), per-rank gain g (r), B (out × r),
+/// packed as one vector `[A, g, B]` so a single graph input carries all three gradients.
+struct AdaptedOp {
     frozen: Frozen,
+    rank: usize,
     scale: f64,
+    dropout: Option<DropMask>,
 }
 
-impl CustomOp3 for FrozenLowRankOp {
+impl AdaptedOp {
+    fn split<'a>(&self, packed: &'a [f32]) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
+        let (r, inp, out) = (self.rank, self.frozen.in_dim(), self.frozen.out_dim());
+        if packed.len() != r * inp + r + r * out {
+            candle_core::bail!(
+                "fused adapted linear: packed adapter of {} values for rank {r}, {inp} → {out}",
+                packed.len()
+            );
+        }
+        let (a, rest) = packed.split_at(r * inp);
+        let (g, b) = rest.split_at(r);
+        Ok((a, g, b))
+    }
+
+    /// The adapter input `x ⊙ m` (x itself without dropout).
+    fn adapter_input<'a>(&self, x: &'a [f32]) -> Cow<'a, [f32]> {
+        match &self.dropout {
+            None => Cow::Borrowed(x),
+            Some(m) => {
+                let mut xd = vec![0f32; x.len()];
+                xd.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .enumerate()
+                    .for_each(|(c, (o, v))| m.apply_at(c * CHUNK, v, o));
+                Cow::Owned(xd)
+            }
+        }
+    }
+
+    /// `(x ⊙ m)·Aᵀ` (rows × r).
+    fn down(&self, xd: &[f32], a: &[f32], rows: usize) -> Vec<f32> {
+        let (r, inp) = (self.rank, self.frozen.in_dim());
+        let mut down = vec![0f32; rows * r];
+        let mut dst = MatMut::new(&mut down, 0, rows, r, r);
+        matmul(
+            &mut dst,
+            false,
+            Mat::new(xd, 0, rows, inp, inp, 1),
+            Mat::new(a, 0, r, inp, inp, 1).t(),
+            1.0,
+            true,
+        );
+        down
+    }
+}
+
+impl CustomOp2 for AdaptedOp {
     fn name(&self) -> &'static str {
-        "fused-frozen-linear-low-rank"
+        "fused-adapted-linear"
     }
 
     fn cpu_fwd(
         &self,
         sx: &CpuStorage,
         lx: &Layout,
-        sd: &CpuStorage,
-        ld: &Layout,
-        sb: &CpuStorage,
-        lb: &Layout,
+        sp: &CpuStorage,
+        lp: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let shape = self.frozen.out_shape(lx)?;
-        let out = self.frozen.out_dim();
+        let (r, out) = (self.rank, self.frozen.out_dim());
         let x = host_f32(sx, lx)?;
+        let packed = host_f32(sp, lp)?;
+        let (a, g, b) = self.split(&packed)?;
         let rows = x.len() / self.frozen.in_dim();
-        let r = ld.dims().last().copied().unwrap_or(0);
-        if lb.dims() != [out, r] || ld.shape().elem_count() != rows * r {
-            candle_core::bail!(
-                "fused low-rank linear: down {:?} / B {:?} do not fit rows {rows}, out {out}",
-                ld.dims(),
-                lb.dims()
-            );
-        }
         let mut y = self.frozen.forward(&x, rows)?;
-        let down = host_f32(sd, ld)?;
-        let b = host_f32(sb, lb)?;
+        let mut down = self.down(&self.adapter_input(&x), a, rows);
+        for row in down.chunks_exact_mut(r) {
+            for (d, gv) in row.iter_mut().zip(g) {
+                *d *= gv;
+            }
+        }
         let mut dst = MatMut::new(&mut y, 0, rows, out, out);
         matmul(
             &mut dst,
             true,
             Mat::new(&down, 0, rows, r, r, 1),
-            Mat::new(&b, 0, out, r, r, 1).t(),
+            Mat::new(b, 0, out, r, r, 1).t(),
             self.scale as f32,
             true,
         );
@@ -143,22 +196,124 @@ impl CustomOp3 for FrozenLowRankOp {
     fn bwd(
         &self,
         x: &Tensor,
-        down: &Tensor,
-        b: &Tensor,
+        packed: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = self.frozen.grad_input(x, grad)?;
-        let out = self.frozen.out_dim();
-        let r = b.dim(1)?;
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (r, inp, out) = (self.rank, self.frozen.in_dim(), self.frozen.out_dim());
+        let s = self.scale as f32;
         let rows = grad.elem_count() / out;
-        let g = grad.reshape((rows, out))?.to_dtype(b.dtype())?;
-        let d2 = down.reshape((rows, r))?.to_dtype(b.dtype())?;
-        let d_down = (g.matmul(b)? * self.scale)?
-            .reshape(down.shape())?
-            .to_dtype(down.dtype())?;
-        let d_b = (g.t()?.matmul(&d2)? * self.scale)?;
-        Ok((dx, Some(d_down), Some(d_b)))
+        let (dx, dpacked) = with_host_f32(x, |xv| {
+            with_host_f32(packed, |pv| {
+                with_host_f32(grad, |gy| {
+                    let (a, g, b) = self.split(pv)?;
+                    let xd = self.adapter_input(xv);
+                    let down = self.down(&xd, a, rows);
+                    // t = dy·B (rows × r)
+                    let mut t = vec![0f32; rows * r];
+                    let gym = Mat::new(gy, 0, rows, out, out, 1);
+                    matmul(
+                        &mut MatMut::new(&mut t, 0, rows, r, r),
+                        false,
+                        gym,
+                        Mat::new(b, 0, out, r, r, 1),
+                        1.0,
+                        true,
+                    );
+                    let mut dp = vec![0f32; pv.len()];
+                    let (da, rest) = dp.split_at_mut(r * inp);
+                    let (dg, db) = rest.split_at_mut(r);
+                    // dg_k = s·Σ_i t_ik·down_ik, rows in order (deterministic).
+                    for (trow, drow) in t.chunks_exact(r).zip(down.chunks_exact(r)) {
+                        for k in 0..r {
+                            dg[k] += trow[k] * drow[k];
+                        }
+                    }
+                    dg.iter_mut().for_each(|v| *v *= s);
+                    // dB = s·dyᵀ·(down ⊙ g); then t ← s·t ⊙ g, dA = tᵀ·(x ⊙ m).
+                    let mut down_g = down;
+                    for row in down_g.chunks_exact_mut(r) {
+                        for (d, gv) in row.iter_mut().zip(g) {
+                            *d *= gv;
+                        }
+                    }
+                    matmul(
+                        &mut MatMut::new(db, 0, out, r, r),
+                        false,
+                        gym.t(),
+                        Mat::new(&down_g, 0, rows, r, r, 1),
+                        s,
+                        true,
+                    );
+                    for row in t.chunks_exact_mut(r) {
+                        for (tv, gv) in row.iter_mut().zip(g) {
+                            *tv *= s * gv;
+                        }
+                    }
+                    let tm = Mat::new(&t, 0, rows, r, r, 1);
+                    matmul(
+                        &mut MatMut::new(da, 0, r, inp, inp),
+                        false,
+                        tm.t(),
+                        Mat::new(&xd, 0, rows, inp, inp, 1),
+                        1.0,
+                        true,
+                    );
+                    let dx = if x.track_op() {
+                        // dx = dy·W + (t·A) ⊙ m
+                        let mut dx = vec![0f32; rows * inp];
+                        let am = Mat::new(a, 0, r, inp, inp, 1);
+                        match &self.dropout {
+                            None => matmul(
+                                &mut MatMut::new(&mut dx, 0, rows, inp, inp),
+                                false,
+                                tm,
+                                am,
+                                1.0,
+                                true,
+                            ),
+                            Some(m) => {
+                                matmul(
+                                    &mut MatMut::new(&mut dx, 0, rows, inp, inp),
+                                    false,
+                                    tm,
+                                    am,
+                                    1.0,
+                                    true,
+                                );
+                                dx.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+                                    for (j, v) in o.iter_mut().enumerate() {
+                                        *v *= m.factor(c * CHUNK + j);
+                                    }
+                                });
+                            }
+                        }
+                        with_host_f32(&self.frozen.weight, |w| {
+                            let wm = Mat::new(w, 0, out, inp, inp, 1);
+                            matmul(
+                                &mut MatMut::new(&mut dx, 0, rows, inp, inp),
+                                true,
+                                gym,
+                                wm,
+                                1.0,
+                                true,
+                            );
+                            Ok(())
+                        })?;
+                        Some(dx)
+                    } else {
+                        None
+                    };
+                    Ok((dx, dp))
+                })
+            })
+        })?;
+        let dx = dx.map(|v| tensor_of(v, x.dims(), x.dtype())).transpose()?;
+        let dp = packed
+            .track_op()
+            .then(|| tensor_of(dpacked, packed.dims(), packed.dtype()))
+            .transpose()?;
+        Ok((dx, dp))
     }
 }
 
@@ -170,25 +325,41 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
     }))
 }
 
-/// `x·Wᵀ + b + scale·down·Bᵀ` with `W`, `b` frozen; `down` (…, r) and `B` (out × r) may be
-/// trainable and get gradients. Output dtype is `x`'s.
-pub fn frozen_linear_low_rank(
+/// `x·Wᵀ + b + scale·(((x ⊙ m)·Aᵀ) ⊙ g)·Bᵀ` with `W`, `b` frozen: the adapted linear of LoRA
+/// (g = 1), BayesTune-LoRA (g = λ) and AdaLoRA (g = E, since `x·(A ⊙ E)ᵀ = (x·Aᵀ) ⊙ Eᵀ`), with
+/// adapter-input dropout `m`. A (r × in), g (r), B (out × r) may be trainable; output dtype is
+/// `x`'s.
+#[allow(clippy::too_many_arguments)]
+pub fn adapted_linear(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    down: &Tensor,
+    a: &Tensor,
+    g: &Tensor,
     b: &Tensor,
     scale: f64,
+    dropout: Option<DropMask>,
 ) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(
-        &down.contiguous()?,
-        &b.contiguous()?,
-        FrozenLowRankOp {
+    let rank = a.dim(0)?;
+    let dt = a.dtype();
+    let packed = Tensor::cat(
+        &[
+            a.flatten_all()?,
+            g.flatten_all()?.to_dtype(dt)?,
+            b.flatten_all()?.to_dtype(dt)?,
+        ],
+        0,
+    )?;
+    x.contiguous()?.apply_op2(
+        &packed,
+        AdaptedOp {
             frozen: Frozen {
                 weight: weight.clone(),
                 bias: bias.cloned(),
             },
+            rank,
             scale,
+            dropout,
         },
     )
 }
@@ -235,28 +406,40 @@ mod tests {
             .unwrap()
     }
 
-    /// Fused vs composite graph: forward and every gradient within 1e-5 absolute (values O(1),
-    /// differences are f32 summation-order rounding).
+    /// Fused vs composite graph (BayesTune form with adapter dropout): forward and every
+    /// gradient within 1e-5 absolute (values O(1); differences are f32 summation order).
     #[test]
-    fn fused_low_rank_linear_matches_composite_graph() {
+    fn fused_adapted_linear_matches_composite_graph() {
         let (rows, inp, out, r) = (37, 24, 20, 4);
         let w = randn(&[out, inp], 1);
         let bias = randn(&[out], 2);
-        let x = Var::from_tensor(&randn(&[rows / 37, 37, inp], 3)).unwrap();
-        let down = Var::from_tensor(&randn(&[1, rows, r], 4)).unwrap();
+        let x = Var::from_tensor(&randn(&[1, rows, inp], 3)).unwrap();
+        let a = Var::from_tensor(&randn(&[r, inp], 4)).unwrap();
+        let g = Var::from_tensor(&randn(&[r], 7)).unwrap();
         let b = Var::from_tensor(&randn(&[out, r], 5)).unwrap();
         let probe = randn(&[1, rows, out], 6);
-        let fused = frozen_linear_low_rank(
+        let rng = crate::nn::DropoutRng::new(9);
+        let mask = rng.next_mask(0.3);
+        let fused = adapted_linear(
             x.as_tensor(),
             &w,
             Some(&bias),
-            down.as_tensor(),
+            a.as_tensor(),
+            g.as_tensor(),
             b.as_tensor(),
             0.5,
+            Some(mask),
         )
         .unwrap();
+        // x ⊙ m with gradient: the mask's multipliers as a constant tensor.
+        let m = Tensor::from_vec(mask.factors(rows * inp), (1, rows, inp), &Device::Cpu).unwrap();
+        let xd = (x.as_tensor() * m).unwrap();
+        let down = linear_forward(&xd, a.as_tensor(), None)
+            .unwrap()
+            .broadcast_mul(g.as_tensor())
+            .unwrap();
         let composite = (linear_forward(x.as_tensor(), &w, Some(&bias)).unwrap()
-            + (linear_forward(down.as_tensor(), b.as_tensor(), None).unwrap() * 0.5).unwrap())
+            + (linear_forward(&down, b.as_tensor(), None).unwrap() * 0.5).unwrap())
         .unwrap();
         assert!(max_abs_diff(&fused, &composite) < 1e-5);
         let gf = (fused * &probe)
@@ -271,15 +454,15 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        for v in [&x, &down, &b] {
-            let (a, c) = (
+        for v in [&x, &a, &g, &b] {
+            let (f, c) = (
                 gf.get(v.as_tensor()).unwrap(),
                 gc.get(v.as_tensor()).unwrap(),
             );
             assert!(
-                max_abs_diff(a, c) < 1e-5,
+                max_abs_diff(f, c) < 1e-5,
                 "gradient differs by {}",
-                max_abs_diff(a, c)
+                max_abs_diff(f, c)
             );
         }
         let plain = frozen_linear(x.as_tensor(), &w, None).unwrap();

@@ -83,3 +83,6 @@ fn tensor_of(v: Vec<f32>, dims: &[usize], dtype: DType) -> Result<Tensor> {
 /// Rows per chunk of the fixed-chunk row-parallel kernels: the chunking (and so the order of
 /// every reduction over rows) is independent of the number of threads.
 const ROW_CHUNK: usize = 32;
+
+#[cfg(test)]
+mod tests;
