@@ -615,9 +615,10 @@ impl BertForSequenceClassification {
     }
 }
 
-/// Mean cross-entropy of logits (B, C) against u32 labels (B), as `torch.nn.CrossEntropyLoss`.
+/// Mean cross-entropy of logits (B, C) against u32 labels (B), as `torch.nn.CrossEntropyLoss`;
+/// computed in f32 whatever the model's dtype (as under PyTorch's bf16 autocast).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> CResult<Tensor> {
-    candle_nn::loss::cross_entropy(logits, labels)
+    candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, labels)
 }
 
 /// Arg-max predictions of logits (B, C).
