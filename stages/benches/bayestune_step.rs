@@ -14,10 +14,13 @@
 //! BENCH_TORCH (`auto` | `0`).
 //! Run: `cargo bench --workspace --bench bayestune_step`
 
+mod common;
+
 use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::{env, peak_rss_mib};
 use stages::model::bert::{self, BertConfig, BertForSequenceClassification, BertInput};
 use stages::optim::{Adam, AdamConfig, ParamGroup};
 use stages::peft::bayestune::{self, BayesTuneConfig};
@@ -27,26 +30,6 @@ use stages::train::{self, ClassifierBatch, Clip, Regulariser};
 type Named = Vec<(String, Var)>;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 /// One measurement in this process: mean steps/s over the timed steps, peak RSS (MiB).
 fn measure(dtype: DType) -> Res<(f64, f64)> {

@@ -11,16 +11,19 @@
 //!   epochs.
 //!
 //! Knobs (env): BENCH_MODELS, BENCH_EXAMPLES (64), BENCH_LAYERS (12, bert-base only),
-//! BENCH_ROUNDS (timed rounds after one warm-up; default 5 smoke, 1 bert-base), BENCH_THREADS
-//! (2). The paper's Table 5 reports, on one A100, a mean federated-training latency per client
+//! BENCH_ROUNDS (timed rounds; default 5 smoke, 1 bert-base), BENCH_WARMUP (untimed rounds
+//! first, bert-base only; smoke always 1, default 0), BENCH_THREADS (2). The paper's Table 5 reports, on one A100, a mean federated-training latency per client
 //! of 3.36 s for FedP2EFT on XNLI (mBERT); the ratio printed is ours / 3.36 s, a yardstick to
 //! revisit on a GPU (the workloads differ: their figure is a PSG client round).
 //! Run: `cargo bench --workspace --bench client_round`
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
+use common::{env, peak_rss_mib};
 use datasets::Example;
 use stages::fl::classifier_client::{ClassifierClient, LocalSgdConfig};
 use stages::fl::engine::{ClientRound, LocalTrainer};
@@ -33,26 +36,6 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 /// Table 5, XNLI (mBERT), FedP2EFT federated training, mean latency (s) on one A100.
 const PAPER_CLIENT_LATENCY_S: f64 = 3.36;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 struct Setting {
     name: &'static str,
     cfg: BertConfig,
@@ -60,6 +43,8 @@ struct Setting {
     batch: usize,
     seq: usize,
     rounds: usize,
+    /// Untimed rounds first (allocator and page warm-up).
+    warmup: usize,
 }
 
 fn settings() -> Vec<Setting> {
@@ -77,6 +62,7 @@ fn settings() -> Vec<Setting> {
                     batch: 8,
                     seq: 64,
                     rounds: env("BENCH_ROUNDS", 5),
+                    warmup: 1,
                 });
             }
             "bert-base" => {
@@ -93,6 +79,7 @@ fn settings() -> Vec<Setting> {
                     batch: 32,
                     seq: 128,
                     rounds: env("BENCH_ROUNDS", 1),
+                    warmup: env("BENCH_WARMUP", 0),
                 });
             }
             other => eprintln!("unknown BENCH_MODELS entry `{other}` (smoke, bert-base): skipped"),
@@ -141,7 +128,7 @@ fn run(s: &Setting) -> Res<()> {
     )?;
     let mut global: BTreeMap<_, _> = client.shared_weights()?;
     let mut times = Vec::new();
-    for round in 0..=s.rounds as u64 {
+    for round in 0..(s.warmup + s.rounds.max(1)) as u64 {
         let t0 = Instant::now();
         let up = client.train(ClientRound {
             round,
@@ -156,7 +143,7 @@ fn run(s: &Setting) -> Res<()> {
             s.name, up.mean_loss
         );
         global = up.weights;
-        if round > 0 {
+        if round >= s.warmup as u64 {
             times.push(dt);
         }
     }

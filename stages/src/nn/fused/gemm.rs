@@ -96,8 +96,8 @@ impl MatMut {
 }
 
 /// `dst ← [dst +] scale · lhs · rhs` (f32 accumulation). `parallel` splits the output over the
-/// rayon pool (each output element is still reduced by one thread in one order, so results do
-/// not depend on the thread count); per-head calls inside a parallel loop pass false.
+/// rayon pool (each output element is reduced by one thread, in the kernel's fixed blocking
+/// order); per-head calls inside a parallel loop pass false.
 pub(super) fn matmul(
     dst: &mut MatMut,
     accumulate: bool,

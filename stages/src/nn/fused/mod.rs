@@ -16,8 +16,9 @@
 //! They run on the CPU for f32 and bf16 tensors (bf16 is widened to f32 inside, results are
 //! rounded back, as PyTorch's CPU bf16 kernels accumulate in f32); other devices and dtypes use
 //! the composite candle graph, which stays the reference the tests compare the kernels against.
-//! Reductions run in fixed chunks whose partial results are summed in chunk order, so results do
-//! not depend on the thread count or on scheduling.
+//! The kernels' own reductions run in fixed chunks whose partial results are summed in chunk
+//! order, so they do not depend on scheduling; matrix products go through `gemm` exactly as
+//! candle's matmul does (deterministic for a given machine and thread count).
 
 pub mod attention;
 pub mod gelu;

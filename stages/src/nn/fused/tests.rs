@@ -192,3 +192,42 @@ fn kernels_are_bit_identical_across_runs() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn adapted_linear_with_adapter_dropout_matches_composite() {
+    use crate::nn::fused::linear::{adapted_linear, frozen_linear};
+    use crate::nn::linear_forward;
+    let (rows, inp, out, r) = (37, 24, 20, 4);
+    let (w, bias) = (randn(&[out, inp], 1), randn(&[out], 2));
+    let (x, a, g, b) = (
+        var(&[1, rows, inp], 3),
+        var(&[r, inp], 4),
+        var(&[r], 7),
+        var(&[out, r], 5),
+    );
+    let mask = DropoutRng::new(9).next_mask(0.3);
+    let fused = adapted_linear(
+        x.as_tensor(),
+        &w,
+        Some(&bias),
+        a.as_tensor(),
+        g.as_tensor(),
+        b.as_tensor(),
+        0.5,
+        Some(mask),
+    )
+    .unwrap();
+    // BayesTune form: s·B(λ ⊙ A(x ⊙ m)) + W x + b.
+    let xd = apply_mask(x.as_tensor(), mask).unwrap();
+    let down = linear_forward(&xd, a.as_tensor(), None)
+        .unwrap()
+        .broadcast_mul(g.as_tensor())
+        .unwrap();
+    let composite = (linear_forward(x.as_tensor(), &w, Some(&bias)).unwrap()
+        + (linear_forward(&down, b.as_tensor(), None).unwrap() * 0.5).unwrap())
+    .unwrap();
+    check("adapted linear", &fused, &composite, &[&x, &a, &g, &b], 15);
+    let plain = frozen_linear(x.as_tensor(), &w, None).unwrap();
+    let want = linear_forward(x.as_tensor(), &w, None).unwrap();
+    check("frozen linear", &plain, &want, &[&x], 16);
+}
