@@ -175,6 +175,9 @@ fn load(m: &ManifestArgs, registry: &Registry) -> Result<Manifest, PipelineError
 }
 
 fn main() -> ExitCode {
+    // FedL2P's second-order gradient workers must start while this is the only thread (see
+    // `stages::second_order`); a failure is kept and reported by the stage that needs them.
+    let _ = stages::second_order::init();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,

@@ -113,6 +113,17 @@ impl Registry {
     }
 }
 
+/// Checks that every named value is positive and finite, naming the first that is not.
+pub fn require_positive(values: &[(&str, f64)]) -> Result<(), ParamError> {
+    match values.iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
+        Some((name, _)) => Err(ParamError::new(
+            Some(name),
+            format!("`{name}` must be positive"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Deserializes a kind's typed parameters, naming the offending field on error.
 pub fn typed_params<T: DeserializeOwned>(params: &Value) -> Result<T, ParamError> {
     serde_json::from_value(params.clone()).map_err(|e| {

@@ -24,6 +24,7 @@ use common::{env, peak_rss_mib};
 use stages::model::bert::{self, BertConfig, BertForSequenceClassification, BertInput};
 use stages::optim::{Adam, AdamConfig, ParamGroup};
 use stages::peft::bayestune::{self, BayesTuneConfig};
+use stages::task::{Batch, Net};
 use stages::train::{self, ClassifierBatch, Clip, Regulariser};
 
 /// Named trainable parameters.
@@ -93,12 +94,14 @@ fn measure(dtype: DType) -> Res<(f64, f64)> {
         modules: &mods,
         n_train: 2000,
     };
+    let net = Net::Bert(model);
+    let batch_t = Batch::Classifier(batch_t);
     let mut times = Vec::new();
     for step in 0..=steps {
         let t0 = Instant::now();
         let (stats, _) = train::train_step(
-            &model,
-            &batch_t,
+            &net,
+            std::slice::from_ref(&batch_t),
             reg,
             &mut opt,
             Some(Clip {

@@ -1,5 +1,5 @@
 //! Benchmark (not a test): seconds per federated client-round of full fine-tuning, as
-//! `base/fedavg` runs it — a real `ClassifierClient` round (copy the global weights in, fresh
+//! `base/fedavg` runs it — a real `FedAvgClient` round (copy the global weights in, fresh
 //! AdamW, `epochs` shuffled passes with dropout, export the weights) on synthetic examples that
 //! tokenize to exactly `seq` tokens.
 //!
@@ -25,10 +25,12 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use common::{env, peak_rss_mib};
 use datasets::Example;
-use stages::fl::classifier_client::{ClassifierClient, LocalSgdConfig};
+use stages::base_model::ClassifierModel;
 use stages::fl::engine::{ClientRound, LocalTrainer};
-use stages::model::bert::{random_init, BertConfig, BertForSequenceClassification};
+use stages::fl::fedavg_client::{FedAvgClient, LocalSgdConfig};
+use stages::model::bert::{random_init, BertConfig};
 use stages::peft::AdapterSpec;
+use stages::task::TaskModel;
 use stages::tokenize::{train_wordpiece, TextTokenizer};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -110,18 +112,18 @@ fn run(s: &Setting) -> Res<()> {
     tok.set_max_len(s.seq)?;
     let mut store = random_init(&s.cfg, 3, 0, &Device::Cpu, DType::F32)?;
     store.set_trainable(|_| true)?;
-    let model = BertForSequenceClassification::load(&store, &s.cfg, &AdapterSpec::NONE)?;
-    let sgd = LocalSgdConfig {
-        lr: 5e-5,
-        weight_decay: 0.0,
-        epochs: 2,
-        batch_size: s.batch,
-    };
-    let shard = data.clone();
-    let mut client = ClassifierClient::new(
+    let task = TaskModel::Classifier(ClassifierModel {
+        config: s.cfg.clone(),
         store,
-        model,
-        tok,
+        tokenizer: tok,
+        tokenizer_json: String::new(),
+    });
+    let net = task.net(task.store(), &AdapterSpec::NONE)?;
+    let sgd = LocalSgdConfig::epochs(5e-5, 0.0, 2, s.batch);
+    let shard = data.clone();
+    let mut client = FedAvgClient::new(
+        task,
+        net,
         sgd,
         Box::new(move |_| Ok(shard.clone())),
         None,

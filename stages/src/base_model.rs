@@ -10,16 +10,20 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use crate::fl::classifier_client::{ClassifierClient, LocalSgdConfig, ShardLoader};
+use crate::causal_lm::{build_causal_lm, LmSettings};
 use crate::fl::engine::{run_rounds, EngineConfig, EngineError, EngineState};
+use crate::fl::fedavg_client::{FedAvgClient, LocalSgdConfig, ShardLoader};
 use crate::fl::feddpa_client::{add_qv_lora, DpaConfig, FedDpaClient};
+use crate::model::bert::BertError;
 use crate::model::bert::{ensure_classifier, load_pretrained, random_init, BertConfig};
-use crate::model::bert::{BertError, BertForSequenceClassification};
 use crate::model::hf_layout::{write_model_dir, HfLayoutError};
 use crate::params::ParamStore;
 use crate::peft::lora::merge_into_store;
+use crate::peft::lora::{add_lora, TargetModules};
+use crate::peft::AdapterKind;
 use crate::peft::AdapterSpec;
 use crate::rng::derive_seed;
+use crate::task::TaskModel;
 use crate::tokenize::{train_wordpiece, TextTokenizer, TokenizeError};
 
 /// Errors building, training or saving a base model; each names the file or step.
@@ -31,6 +35,8 @@ pub enum BaseModelError {
     Tokenize(#[from] TokenizeError),
     #[error(transparent)]
     Layout(#[from] HfLayoutError),
+    #[error(transparent)]
+    Llama(#[from] crate::model::llama_io::LlamaIoError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("{path}: {source}")]
@@ -56,12 +62,14 @@ pub struct TinyBert {
     pub seed: u64,
 }
 
-/// Where the starting model comes from: `{dir: PATH}` or `{tiny: {...}}`.
+/// Where the starting model comes from: `{dir: PATH}` (BERT or LLaMA, by `config.json`'s
+/// `model_type`), `{tiny: {...}}` (BERT classifier) or `{tiny_llama: {...}}` (causal LM).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelSource {
     Dir(PathBuf),
     Tiny(TinyBert),
+    TinyLlama(crate::causal_lm::TinyLlama),
 }
 
 impl ModelSource {
@@ -72,7 +80,7 @@ impl ModelSource {
                 .iter()
                 .map(|f| d.join(f))
                 .collect(),
-            ModelSource::Tiny(_) => Vec::new(),
+            ModelSource::Tiny(_) | ModelSource::TinyLlama(_) => Vec::new(),
         }
     }
 }
@@ -144,6 +152,12 @@ pub fn build_classifier(
             let store = random_init(&cfg, labels.len(), t.seed, device, DType::F32)?;
             (cfg, store, json)
         }
+        ModelSource::TinyLlama(_) => {
+            return Err(BaseModelError::Invalid(
+                "`tiny_llama` builds a causal LM; a classification dataset needs `tiny` or a BERT `dir`"
+                    .into(),
+            ))
+        }
     };
     store
         .set_trainable(|_| true)
@@ -181,6 +195,60 @@ pub fn build_classifier(
     })
 }
 
+/// What a base model is built for: a classifier over `labels` (XNLI, MasakhaNEWS) or a causal LM
+/// (Fed-Aya).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskSetup {
+    Classification { labels: Vec<String>, max_len: usize },
+    Generation(LmSettings),
+}
+
+/// Builds the base model of `setup` from `source` (see [`build_classifier`] and
+/// [`build_causal_lm`]); a directory's `model_type` must match the task.
+pub fn build_task_model(
+    source: &ModelSource,
+    setup: &TaskSetup,
+    head_seed: u64,
+    train_texts: impl FnOnce() -> std::result::Result<Vec<String>, String>,
+    device: &Device,
+) -> Result<TaskModel> {
+    if let ModelSource::Dir(dir) = source {
+        let want = match setup {
+            TaskSetup::Classification { .. } => "bert",
+            TaskSetup::Generation(_) => "llama",
+        };
+        let cfg: serde_json::Value = crate::model::hf_layout::read_config(dir)?;
+        let found = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        if found != want {
+            return Err(BaseModelError::Invalid(format!(
+                "{}: model_type {found:?}, but this dataset needs a {want:?} model",
+                dir.join("config.json").display()
+            )));
+        }
+    }
+    match setup {
+        TaskSetup::Classification { labels, max_len } => {
+            build_classifier(source, labels, *max_len, head_seed, train_texts, device)
+                .map(TaskModel::from)
+        }
+        TaskSetup::Generation(settings) => {
+            build_causal_lm(source, *settings, train_texts, device).map(TaskModel::from)
+        }
+    }
+}
+
+/// The LoRA a causal LM is federated with (PAPER_NOTES §2: r 16, α 32, dropout 0.05 on all
+/// linears [code], q,v as an option); the trained adapter is merged into the saved model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FedLora {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f32,
+    pub targets: TargetModules,
+    /// Seeds the adapters' A (shared by every client: the server's initial adapter).
+    pub seed: u64,
+}
+
 /// Round-loop and local-optimiser settings of one Standard-FL run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FedAvgRun {
@@ -189,6 +257,8 @@ pub struct FedAvgRun {
     /// Where `engine.eval_every` measures the global model's accuracy (Standard FL and DEPT;
     /// FedDPA-T does not evaluate).
     pub eval_examples: Vec<datasets::Example>,
+    /// Federate a LoRA instead of fine-tuning every weight (the causal-LM setup).
+    pub lora: Option<FedLora>,
 }
 
 /// Keeps what `BertForSequenceClassification` uses, under its HF names, as transformers'
@@ -215,46 +285,58 @@ fn classifier_params(store: ParamStore) -> Result<ParamStore> {
     Ok(out)
 }
 
-/// Standard FL (FedAvg, full fine-tuning) of `model` over `clients`, starting from `resume` if
-/// given; `after_round` receives the state after every round (checkpoint it). Parameters
-/// matching `keep_local` stay on the clients (DEPT). Returns the final state; the trained
-/// global weights are also written back into `model.store`.
+/// Standard FL (FedAvg) of `model` over `clients`, starting from `resume` if given;
+/// `after_round` receives the state after every round (checkpoint it). Every weight is
+/// fine-tuned, or, with `run.lora`, only a LoRA that is merged into the weights at the end.
+/// Parameters matching `keep_local` stay on the clients (DEPT). Returns the final state; the
+/// trained global weights are also written back into `model`'s store.
 pub fn train_fedavg(
-    model: &mut ClassifierModel,
+    model: &mut TaskModel,
     clients: &[u32],
     load: ShardLoader<'_>,
     run: &FedAvgRun,
-    keep_local: Option<crate::fl::classifier_client::LocalPredicate>,
+    keep_local: Option<crate::fl::fedavg_client::LocalPredicate>,
     resume: Option<EngineState>,
     after_round: impl FnMut(&EngineState) -> std::result::Result<(), String>,
 ) -> Result<EngineState> {
+    let invalid = |e: String| BaseModelError::Invalid(e);
     // The client trains the store's own `Var`s in place; client-local parameters are put back
     // to their starting values afterwards so the saved model is the global one.
     let initial_local = match &keep_local {
         Some(p) => Some(
             model
-                .store
+                .store()
                 .export(|n| p(n))
-                .map_err(|e| BaseModelError::Invalid(e.to_string()))?,
+                .map_err(|e| invalid(e.to_string()))?,
         ),
         None => None,
     };
-    let net = BertForSequenceClassification::load(&model.store, &model.config, &AdapterSpec::NONE)?;
-    let mut client = ClassifierClient::new(
-        model.store.clone(),
-        net,
-        model.tokenizer.clone(),
-        run.sgd,
-        load,
-        keep_local,
-    )
-    .map_err(BaseModelError::Invalid)?;
+    let (spec, lora_modules) = match &run.lora {
+        None => (AdapterSpec::NONE, Vec::new()),
+        Some(l) => {
+            let modules = l.targets.select(&model.all_linear());
+            let store = model.store_mut();
+            store
+                .set_trainable(|_| false)
+                .map_err(|e| invalid(e.to_string()))?;
+            add_lora(store, &modules, |_| l.rank, l.seed, DType::F32)
+                .map_err(|e| invalid(e.to_string()))?;
+            let spec = AdapterSpec {
+                kind: AdapterKind::Lora { alpha: l.alpha },
+                dropout: l.dropout,
+            };
+            (spec, modules)
+        }
+    };
+    let net = model.net(model.store(), &spec).map_err(invalid)?;
+    let task = model.with_store(model.store().clone());
+    let mut client = FedAvgClient::new(task, net, run.sgd, load, keep_local).map_err(invalid)?;
     if run.engine.eval_every.is_some() && !run.eval_examples.is_empty() {
         client = client.with_eval(run.eval_examples.clone(), run.sgd.batch_size);
     }
     let state = match resume {
         Some(s) => s,
-        None => EngineState::new(client.shared_weights().map_err(BaseModelError::Invalid)?),
+        None => EngineState::new(client.shared_weights().map_err(invalid)?),
     };
     let done = run_rounds(&run.engine, clients, &mut client, state, after_round)?;
     let map: HashMap<_, _> = done
@@ -262,15 +344,13 @@ pub fn train_fedavg(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    model
-        .store
-        .assign(&map)
-        .map_err(|e| BaseModelError::Invalid(e.to_string()))?;
+    let store = model.store_mut();
+    store.assign(&map).map_err(|e| invalid(e.to_string()))?;
     if let Some(local) = initial_local {
-        model
-            .store
-            .assign(&local)
-            .map_err(|e| BaseModelError::Invalid(e.to_string()))?;
+        store.assign(&local).map_err(|e| invalid(e.to_string()))?;
+    }
+    if run.lora.is_some() {
+        merge_into_store(store, &lora_modules, &spec).map_err(|e| invalid(e.to_string()))?;
     }
     Ok(done)
 }
@@ -281,7 +361,7 @@ pub fn train_fedavg(
 /// holds each client's local adapter.
 #[allow(clippy::too_many_arguments)]
 pub fn train_feddpa(
-    model: &mut ClassifierModel,
+    model: &mut TaskModel,
     clients: &[u32],
     load: ShardLoader<'_>,
     run: &FedAvgRun,
@@ -291,6 +371,11 @@ pub fn train_feddpa(
     after_round: impl FnMut(&EngineState) -> std::result::Result<(), String>,
 ) -> Result<EngineState> {
     let invalid = |e: String| BaseModelError::Invalid(e);
+    let TaskModel::Classifier(model) = model else {
+        return Err(invalid(
+            "FedDPA-T is defined for the classification setups (BERT)".into(),
+        ));
+    };
     let num_labels = model.config.num_labels();
     let mut base = model.store.clone();
     base.set_trainable(|_| false)
@@ -358,6 +443,14 @@ pub fn save_classifier(model: &ClassifierModel, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes either task's model into `dir` in HF layout (all or nothing).
+pub fn save_task_model(model: &TaskModel, dir: &Path) -> Result<()> {
+    match model {
+        TaskModel::Classifier(m) => save_classifier(m, dir),
+        TaskModel::CausalLm(m) => m.save(dir),
+    }
+}
+
 /// Copies an HF model directory's `config.json`, `model.safetensors` and `tokenizer.json` into
 /// `out` (hard links where the file system allows, copies otherwise).
 pub fn copy_model_dir(src: &Path, out: &Path) -> Result<()> {
@@ -387,6 +480,7 @@ pub fn copy_model_dir(src: &Path, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peft::lora::TargetModules;
     use datasets::Example;
 
     fn texts() -> std::result::Result<Vec<String>, String> {
@@ -409,7 +503,9 @@ mod tests {
     #[test]
     fn tiny_model_trains_saves_and_reloads() {
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let mut m = build_classifier(&tiny(), &labels, 16, 1, texts, &Device::Cpu).unwrap();
+        let mut m: TaskModel = build_classifier(&tiny(), &labels, 16, 1, texts, &Device::Cpu)
+            .unwrap()
+            .into();
         let load: ShardLoader = Box::new(|c| {
             Ok((0..4)
                 .map(|i| Example {
@@ -427,18 +523,14 @@ mod tests {
             eval_every: None,
             seed: 1,
         };
-        let sgd = LocalSgdConfig {
-            lr: 1e-3,
-            weight_decay: 0.0,
-            epochs: 1,
-            batch_size: 2,
-        };
-        let before = m.store.export(|_| true).unwrap();
+        let sgd = LocalSgdConfig::epochs(1e-3, 0.0, 1, 2);
+        let before = m.store().export(|_| true).unwrap();
         let mut rounds = 0;
         let run = FedAvgRun {
             engine,
             sgd,
             eval_examples: Vec::new(),
+            lora: None,
         };
         let st = train_fedavg(&mut m, &[0, 1], load, &run, None, None, |_| {
             rounds += 1;
@@ -446,7 +538,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!((rounds, st.round), (2, 2));
-        let after = m.store.export(|_| true).unwrap();
+        let after = m.store().export(|_| true).unwrap();
         let w = "classifier.weight";
         assert_ne!(
             before[w].to_vec2::<f32>().unwrap(),
@@ -454,8 +546,10 @@ mod tests {
         );
         // DEPT: embeddings stay on the clients and the saved model keeps the starting ones.
         let emb = "bert.embeddings.word_embeddings.weight";
-        let mut d = build_classifier(&tiny(), &labels, 16, 1, texts, &Device::Cpu).unwrap();
-        let emb0 = d.store.get(emb).unwrap().to_vec2::<f32>().unwrap();
+        let mut d: TaskModel = build_classifier(&tiny(), &labels, 16, 1, texts, &Device::Cpu)
+            .unwrap()
+            .into();
+        let emb0 = d.store().get(emb).unwrap().to_vec2::<f32>().unwrap();
         let load2: ShardLoader = Box::new(|c| {
             Ok((0..4)
                 .map(|i| Example {
@@ -466,15 +560,15 @@ mod tests {
                 })
                 .collect())
         });
-        let local: crate::fl::classifier_client::LocalPredicate =
+        let local: crate::fl::fedavg_client::LocalPredicate =
             Box::new(|n| n.contains("_embeddings"));
         let st = train_fedavg(&mut d, &[0, 1], load2, &run, Some(local), None, |_| Ok(())).unwrap();
-        assert_eq!(d.store.get(emb).unwrap().to_vec2::<f32>().unwrap(), emb0);
+        assert_eq!(d.store().get(emb).unwrap().to_vec2::<f32>().unwrap(), emb0);
         assert_eq!(st.persistent.len(), 2);
         assert_ne!(st.persistent[&0][emb].to_vec2::<f32>().unwrap(), emb0);
         assert!(!st.global.contains_key(emb));
         let dir = tempfile::tempdir().unwrap();
-        save_client_states(&st.persistent, &d.store, &dir.path().join("clients")).unwrap();
+        save_client_states(&st.persistent, d.store(), &dir.path().join("clients")).unwrap();
         let back0 = crate::params::read_safetensors(
             &dir.path().join("clients/0.safetensors"),
             &Device::Cpu,
@@ -488,7 +582,7 @@ mod tests {
             "{rows} of {} rows stored",
             emb0.len()
         );
-        let full = crate::client_state::expand(back0, &d.store).unwrap();
+        let full = crate::client_state::expand(back0, d.store()).unwrap();
         assert_eq!(
             full[emb].to_vec2::<f32>().unwrap(),
             st.persistent[&0][emb].to_vec2::<f32>().unwrap(),
@@ -496,6 +590,9 @@ mod tests {
         );
 
         let out = dir.path().join("model");
+        let TaskModel::Classifier(m) = m else {
+            unreachable!()
+        };
         save_classifier(&m, &out).unwrap();
         let back = build_classifier(
             &ModelSource::Dir(out.clone()),
@@ -551,5 +648,121 @@ mod tests {
         assert!(copy.join("tokenizer.json").is_file());
         let e = copy_model_dir(dir.path(), &dir.path().join("x")).unwrap_err();
         assert!(e.to_string().contains("config.json is missing"), "{e}");
+    }
+
+    /// The causal-LM setup of Standard FL: only the LoRA is averaged (and checkpointed), each
+    /// round trains a fixed number of accumulated steps at the round's cosine lr, and the
+    /// trained adapter ends merged into the saved weights.
+    #[test]
+    fn llama_fedavg_averages_only_the_lora_and_merges_it() {
+        use crate::causal_lm::{build_causal_lm, LmSettings, TinyLlama};
+        use crate::fl::fedavg_client::RoundLr;
+        use crate::tokenize::PromptTemplate;
+        let shard = |c: u32| -> Vec<Example> {
+            (0..6)
+                .map(|i| Example {
+                    text_a: format!("Say {c} {i}"),
+                    text_b: Some(format!("ok {i}")),
+                    label_id: None,
+                    language: "en".into(),
+                })
+                .collect()
+        };
+        let build = || -> TaskModel {
+            let texts = || Ok((0..2).flat_map(shard).map(|e| e.text_a).collect());
+            build_causal_lm(
+                &ModelSource::TinyLlama(TinyLlama {
+                    hidden: 16,
+                    layers: 1,
+                    heads: 2,
+                    kv_heads: 1,
+                    intermediate: 32,
+                    vocab_size: 400,
+                    seed: 2,
+                }),
+                LmSettings {
+                    prompt: PromptTemplate::Alpaca,
+                    max_len: 128,
+                    max_new_tokens: 2,
+                },
+                texts,
+                &Device::Cpu,
+            )
+            .unwrap()
+            .into()
+        };
+        let sgd = LocalSgdConfig {
+            accumulate: 2,
+            max_steps: Some(2),
+            round_lr: RoundLr::Cosine {
+                rounds: 2,
+                min_lr: 1e-6,
+            },
+            ..LocalSgdConfig::epochs(1e-2, 0.0, 1, 2)
+        };
+        assert_eq!(
+            sgd.lr_at(2),
+            1e-6,
+            "cosine reaches min_lr at the last round"
+        );
+        assert!((sgd.lr_at(1) - (1e-6 + 0.5 * (1e-2 - 1e-6))).abs() < 1e-15);
+        let run = FedAvgRun {
+            engine: EngineConfig {
+                rounds: 2,
+                fraction: 1.0,
+                min_clients: 1,
+                eval_every: None,
+                seed: 4,
+            },
+            sgd,
+            eval_examples: Vec::new(),
+            lora: Some(FedLora {
+                rank: 2,
+                alpha: 4.0,
+                dropout: 0.05,
+                targets: TargetModules::AllLinear,
+                seed: 9,
+            }),
+        };
+        let mut m = build();
+        let before = m.store().export(|_| true).unwrap();
+        let load: ShardLoader = Box::new(|c| Ok(shard(c)));
+        let st = train_fedavg(&mut m, &[0, 1], load, &run, None, None, |_| Ok(())).unwrap();
+        assert!(!st.global.is_empty());
+        assert!(
+            st.global.keys().all(|k| crate::peft::is_adapter_param(k)),
+            "only the LoRA is federated: {:?}",
+            st.global.keys().collect::<Vec<_>>()
+        );
+        // 2 steps × batch 2 × accumulation 2 = 4 of each client's 6 examples per round.
+        assert_eq!(st.metrics.len(), 2);
+        let after = m.store().export(|_| true).unwrap();
+        assert_eq!(before.len(), after.len(), "adapters merged away");
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        assert_ne!(
+            before[q].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            after[q].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        let emb = "model.embed_tokens.weight";
+        assert_eq!(
+            before[emb].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            after[emb].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "base weights outside the adapted linears never change"
+        );
+        let mut again = build();
+        let load: ShardLoader = Box::new(|c| Ok(shard(c)));
+        train_fedavg(&mut again, &[0, 1], load, &run, None, None, |_| Ok(())).unwrap();
+        assert_eq!(
+            again
+                .store()
+                .get(q)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            after[q].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "reproducible"
+        );
     }
 }

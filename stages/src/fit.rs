@@ -1,40 +1,65 @@
-//! The local training loop every classifier method shares: `epochs` seeded shuffles of the
-//! client's examples, one [`train_step`] per batch (with the method's regulariser and
-//! clipping), and a per-step hook (AdaLoRA's rank allocator). Shuffling and dropout seeds are
-//! derived from one seed, so the same call is bit-reproducible.
+//! The local training loop every method shares, for both tasks: seeded shuffles of the client's
+//! examples, micro-batches grouped for gradient accumulation, one [`train_step`] per group
+//! (with the method's regulariser and clipping), and a per-step hook (AdaLoRA's rank
+//! allocator). It runs `epochs` passes, or exactly `max_steps` optimiser steps cycling through
+//! reshuffled epochs (HF `max_steps`). Shuffling and dropout seeds are derived from one seed,
+//! so the same call is bit-reproducible.
 
 use candle_core::backprop::GradStore;
-use candle_core::Device;
 use datasets::Example;
 use rand::seq::SliceRandom;
 
-use crate::fl::classifier_client::classifier_batch;
-use crate::model::bert::BertForSequenceClassification;
 use crate::optim::Adam;
 use crate::rng::{derive_seed, rng_from};
-use crate::tokenize::TextTokenizer;
+use crate::task::{Batch, Net};
 use crate::train::{train_step, Clip, Regulariser};
 
-/// Loop settings, tokenizer/device, and the loss terms / clipping of one method.
+/// Tokenises `examples[order]` into one training batch (e.g. `TaskModel::batch`).
+pub type Batcher<'a> = &'a dyn Fn(&[Example], &[usize]) -> Result<Batch, String>;
+
+/// Loop settings, how examples become batches, and the loss terms / clipping of one method.
 #[derive(Clone, Copy)]
 pub struct Fit<'a> {
-    pub tokenizer: &'a TextTokenizer,
-    pub device: &'a Device,
+    pub batch: Batcher<'a>,
     pub epochs: usize,
     pub batch_size: usize,
+    /// Micro-batches per optimiser step (1 = no accumulation).
+    pub accumulate: usize,
+    /// Exactly this many optimiser steps instead of `epochs` passes.
+    pub max_steps: Option<usize>,
     pub reg: Regulariser<'a>,
     pub clip: Option<&'a Clip<'a>>,
 }
 
-/// Number of optimiser steps `fit` takes for `n` examples.
-pub fn total_steps(n: usize, epochs: usize, batch_size: usize) -> usize {
-    epochs * n.div_ceil(batch_size.max(1))
+impl<'a> Fit<'a> {
+    /// `epochs` passes in batches of `batch_size`, no accumulation, no regulariser.
+    pub fn plain(batch: Batcher<'a>, epochs: usize, batch_size: usize) -> Self {
+        Self {
+            batch,
+            epochs,
+            batch_size,
+            accumulate: 1,
+            max_steps: None,
+            reg: Regulariser::None,
+            clip: None,
+        }
+    }
 }
 
-/// Trains `model` with `opt` over `examples`; `after_step(step, grads)` runs after every
+/// Number of optimiser steps `fit` takes for `n` examples (a last partial accumulation group
+/// of an epoch still steps, as HF's Trainer does).
+pub fn total_steps(n: usize, cfg: &Fit<'_>) -> usize {
+    if let Some(s) = cfg.max_steps {
+        return s;
+    }
+    let batches = n.div_ceil(cfg.batch_size.max(1));
+    cfg.epochs * batches.div_ceil(cfg.accumulate.max(1))
+}
+
+/// Trains `net` with `opt` over `examples`; `after_step(step, grads)` runs after every
 /// optimiser step (1-based step). Returns the mean total loss over steps.
 pub fn fit(
-    model: &BertForSequenceClassification,
+    net: &Net,
     examples: &[Example],
     opt: &mut Adam,
     cfg: &Fit<'_>,
@@ -44,30 +69,40 @@ pub fn fit(
     if examples.is_empty() {
         return Err("no training examples".into());
     }
-    if cfg.batch_size == 0 {
-        return Err("batch size must be positive".into());
+    if cfg.batch_size == 0 || cfg.accumulate == 0 {
+        return Err("batch size and accumulation steps must be positive".into());
     }
+    let target = total_steps(examples.len(), cfg);
     let mut total = 0f64;
-    let mut steps = 0u64;
-    for epoch in 0..cfg.epochs {
+    let mut steps = 0usize;
+    let mut epoch = 0u64;
+    while steps < target {
         let mut order: Vec<usize> = (0..examples.len()).collect();
         order.shuffle(&mut rng_from(derive_seed(
             seed,
             &["shuffle".into(), epoch.into()],
         )));
-        for chunk in order.chunks(cfg.batch_size) {
-            let batch = classifier_batch(examples, chunk, cfg.tokenizer, cfg.device)?;
-            let dropout = derive_seed(seed, &["dropout".into(), steps.into()]);
+        let micro: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
+        for group in micro.chunks(cfg.accumulate) {
+            if steps == target {
+                break;
+            }
+            let batches = group
+                .iter()
+                .map(|chunk| (cfg.batch)(examples, chunk))
+                .collect::<Result<Vec<_>, _>>()?;
+            let dropout = derive_seed(seed, &["dropout".into(), (steps as u64).into()]);
             let clip = cfg.clip.map(|c| Clip {
                 vars: c.vars,
                 max_norm: c.max_norm,
             });
-            let (stats, grads) = train_step(model, &batch, cfg.reg, opt, clip, Some(dropout))
+            let (stats, grads) = train_step(net, &batches, cfg.reg, opt, clip, Some(dropout))
                 .map_err(|e| format!("step {steps}: {e}"))?;
             total += f64::from(stats.loss);
             steps += 1;
-            after_step(steps as usize, &grads).map_err(|e| format!("step {steps}: {e}"))?;
+            after_step(steps, &grads).map_err(|e| format!("step {steps}: {e}"))?;
         }
+        epoch += 1;
     }
     Ok((total / steps.max(1) as f64) as f32)
 }

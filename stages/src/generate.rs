@@ -3,6 +3,7 @@
 //! finished rows fed the pad token, stop on any stop token or after `max_new_tokens`.
 
 use crate::model::llama::{KvCache, LlamaForCausalLM};
+use crate::peft::layer::ForwardCtx;
 use candle_core::{DType, IndexOp, Result, Tensor};
 
 /// Greedy decoding settings.
@@ -47,10 +48,11 @@ pub fn generate_greedy(
     let mut pos = Tensor::from_vec(positions, (b, t), &device)?;
     for _ in 0..cfg.max_new_tokens {
         let key_mask = Tensor::from_vec(mask.concat(), (b, mask[0].len()), &device)?;
-        let h = model.forward_hidden(&ids, &pos, &key_mask, Some(&mut cache), false)?;
+        let ctx = ForwardCtx::eval();
+        let h = model.forward_hidden(&ids, &pos, &key_mask, Some(&mut cache), &ctx)?;
         let last = h.i((.., h.dim(1)? - 1..))?;
         let logits: Vec<Vec<f32>> = model
-            .logits(&last, false)?
+            .logits(&last, &ctx)?
             .squeeze(1)?
             .to_dtype(DType::F32)?
             .to_vec2()?;

@@ -6,7 +6,9 @@
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
 pub mod base_model;
+pub mod causal_lm;
 pub mod client_state;
+pub mod fedl2p;
 /// The device type of every tensor, for callers that only pass devices through.
 pub use candle_core::Device;
 pub mod fit;
@@ -24,5 +26,7 @@ pub mod personalize;
 pub mod predict;
 pub mod psg;
 pub mod rng;
+pub mod second_order;
+pub mod task;
 pub mod tokenize;
 pub mod train;

@@ -130,6 +130,11 @@ impl ParamStore {
         self.entries.contains_key(name)
     }
 
+    /// Whether `name` is a trainable parameter (false when absent).
+    pub fn is_trainable(&self, name: &str) -> bool {
+        self.entries.get(name).is_some_and(Param::is_trainable)
+    }
+
     pub fn get(&self, name: &str) -> Result<Tensor> {
         self.entries
             .get(name)

@@ -29,21 +29,24 @@ pub enum PsgError {
 
 pub type Result<T> = std::result::Result<T, PsgError>;
 
-/// Sizes of the PSG for `modules` adapted linears with rank `r_max` each.
+/// Sizes of the PSG: meta-data of `observed` base linears (2 values each) → λ of `modules`
+/// adapted linears with rank `r_max` each. BERT observes exactly its adapted linears; a causal
+/// LM also observes `lm_head`, which is never adapted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PsgConfig {
+    pub observed: usize,
     pub modules: usize,
     pub r_max: usize,
 }
 
 impl PsgConfig {
     pub fn input_dim(&self) -> usize {
-        2 * self.modules
+        2 * self.observed
     }
 
     /// Hidden width = 2 × input dim [code] (PAPER_NOTES §5).
     pub fn hidden_dim(&self) -> usize {
-        4 * self.modules
+        2 * self.input_dim()
     }
 
     pub fn output_dim(&self) -> usize {
@@ -185,21 +188,14 @@ impl RunningStats {
 /// Epsilon inside the SD of the client meta-data (§5).
 pub const FEATURE_EPS: f64 = 1e-5;
 
-/// Client meta-data (§5): runs `batches` through `model` in eval mode (load it with adapters
-/// off, `AdapterSpec::NONE`; the reference uses batches of 4) and returns, for every linear in
-/// module order, [μ_l, σ_l] of all elements of its input (padding included), interleaved:
-/// shape (1, 2L). σ = √(unbiased var + 1e-5). Per-batch mean/var are f32 (candle), combined
+/// Client meta-data (§5): runs `batches` through `net` in eval mode (build it with adapters
+/// off, `AdapterSpec::NONE`; the reference uses batches of 4) and returns, for every base linear
+/// in module order (LLaMA: then `lm_head`), [μ_l, σ_l] of all elements of its input (padding
+/// included), interleaved: shape (1, 2L). σ = √(unbiased var + 1e-5). Per-batch mean/var are f32 (candle), combined
 /// across batches in f64.
-pub fn client_features(
-    model: &crate::model::bert::BertForSequenceClassification,
-    batches: &[crate::model::bert::BertInput],
-) -> Result<Tensor> {
+pub fn client_features(net: &crate::task::Net, batches: &[crate::task::Batch]) -> Result<Tensor> {
     use std::cell::RefCell;
-    let names: Vec<String> = model
-        .linears()
-        .iter()
-        .map(|l| l.name().to_string())
-        .collect();
+    let names = crate::task::observed_names(net);
     let stats = RefCell::new(vec![RunningStats::default(); names.len()]);
     let index: std::collections::HashMap<&str, usize> = names
         .iter()
@@ -229,7 +225,7 @@ pub fn client_features(
         return Err(PsgError::Input("client has no training batches".into()));
     }
     for b in batches {
-        model.forward(b, &ctx)?;
+        net.observe(b, &ctx)?;
     }
     let mut feats = Vec::with_capacity(2 * names.len());
     for s in stats.borrow().iter() {
@@ -261,6 +257,7 @@ mod tests {
     #[test]
     fn initial_output_is_about_lambda_min() {
         let cfg = PsgConfig {
+            observed: 5,
             modules: 5,
             r_max: 4,
         };

@@ -1,16 +1,19 @@
-//! One training step and evaluation for sequence classification, as the FL engine calls them
-//! per batch: forward → cross-entropy (+ BayesTune priors or AdaLoRA orthogonality) → backward
-//! → gradient clipping over a chosen subset → optimiser step.
+//! One optimiser step as every local training loop calls it: forward of each micro-batch of an
+//! accumulation group → task loss (summed, divided by the group's items) + BayesTune priors or
+//! AdaLoRA orthogonality → backward → gradients summed over the group → clipping over a chosen
+//! subset → optimiser step. Works for both tasks through [`crate::task::Net`].
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 
-use crate::model::bert::{cross_entropy, predictions, BertForSequenceClassification, BertInput};
+use crate::model::bert::{predictions, BertForSequenceClassification, BertInput};
 use crate::nn::DropoutRng;
 use crate::optim::{clip_grad_norm, Adam, OptimError};
 use crate::params::ParamStore;
 use crate::peft::layer::ForwardCtx;
 use crate::peft::{adalora, bayestune, LinearShape, PeftError};
+use crate::rng::derive_seed;
+use crate::task::{scalar, Batch, Net};
 
 /// Errors of a training step.
 #[derive(Debug, thiserror::Error)]
@@ -69,29 +72,56 @@ pub struct StepStats {
     pub grad_norm: Option<f64>,
 }
 
-/// Forward (train mode when `dropout_seed` is set, eval mode otherwise) → loss → backward →
-/// clip → `opt.step`. Returns the stats and the (clipped) gradients, e.g. for AdaLoRA's
-/// rank allocator.
+/// One optimiser step over `group` (one micro-batch, or several accumulated: PAPER_NOTES §1,
+/// Fed-Aya 4 × 4). Train mode (dropout) when `dropout_seed` is set, eval mode otherwise; micro-
+/// batch `i > 0` draws its dropout from a seed derived from `(dropout_seed, i)`. Returns the stats
+/// and the summed (clipped) gradients, e.g. for AdaLoRA's rank allocator.
 pub fn train_step(
-    model: &BertForSequenceClassification,
-    batch: &ClassifierBatch,
+    model: &Net,
+    group: &[Batch],
     reg: Regulariser<'_>,
     opt: &mut Adam,
     clip: Option<Clip<'_>>,
     dropout_seed: Option<u64>,
 ) -> Result<(StepStats, GradStore)> {
-    let rng = dropout_seed.map(DropoutRng::new);
-    let ctx = match &rng {
-        Some(r) => ForwardCtx::train(r),
-        None => ForwardCtx::eval(),
-    };
-    let (loss, ce) = loss(model, batch, reg, &ctx)?;
-    let task_loss = scalar(&ce)?;
-    let total = scalar(&loss)?;
-    if !total.is_finite() {
-        return Err(TrainError::NonFinite(total));
+    let items = group_items(group)?;
+    let k = group.len() as f64;
+    let mut grads: Option<GradStore> = None;
+    let (mut total, mut task_loss) = (0f32, 0f32);
+    for (i, batch) in group.iter().enumerate() {
+        let rng = dropout_seed.map(|s| {
+            DropoutRng::new(if i == 0 {
+                s
+            } else {
+                derive_seed(s, &["micro_batch".into(), (i as u64).into()])
+            })
+        });
+        let ctx = match &rng {
+            Some(r) => ForwardCtx::train(r),
+            None => ForwardCtx::eval(),
+        };
+        let (sum, _) = model.task_loss_sum(batch, &ctx)?;
+        let task = (sum / items as f64)?;
+        // The regulariser enters once per step: a k-th of it per micro-batch.
+        let loss = match regulariser(reg)? {
+            Some(r) if k == 1.0 => (&task + r)?,
+            Some(r) => (&task + (r / k)?)?,
+            None => task.clone(),
+        };
+        task_loss += scalar(&task)?;
+        let value = scalar(&loss)?;
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite(value));
+        }
+        total += value;
+        let g = loss.backward()?;
+        grads = Some(match grads.take() {
+            None => g,
+            Some(acc) => add_grads(acc, g, &opt.vars())?,
+        });
     }
-    let mut grads = loss.backward()?;
+    let mut grads =
+        grads.ok_or_else(|| TrainError::Candle(candle_core::Error::Msg("empty step".into())))?;
     let grad_norm = match clip {
         Some(c) => Some(clip_grad_norm(&mut grads, c.vars, c.max_norm)?),
         None => None,
@@ -107,38 +137,88 @@ pub fn train_step(
     ))
 }
 
-/// (total loss, cross-entropy) of a batch, without stepping.
-pub fn loss(
-    model: &BertForSequenceClassification,
-    batch: &ClassifierBatch,
-    reg: Regulariser<'_>,
-    ctx: &ForwardCtx<'_>,
-) -> Result<(Tensor, Tensor)> {
-    let logits = model.forward(&batch.input, ctx)?;
-    let ce = cross_entropy(&logits, &batch.labels)?;
-    let total = match reg {
-        Regulariser::None => ce.clone(),
+/// Items (examples or response tokens) of a whole accumulation group.
+fn group_items(group: &[Batch]) -> Result<usize> {
+    let mut n = 0;
+    for b in group {
+        n += match b {
+            Batch::Classifier(c) => c.labels.dim(0)?,
+            Batch::CausalLm(l) => {
+                let labels = l.labels.to_vec2::<i64>()?;
+                labels
+                    .iter()
+                    .map(|row| {
+                        row.iter()
+                            .skip(1)
+                            .filter(|&&y| y != crate::tokenize::IGNORE_INDEX)
+                            .count()
+                    })
+                    .sum()
+            }
+        };
+    }
+    if n == 0 {
+        return Err(TrainError::Candle(candle_core::Error::Msg(
+            "no items to train on in this step".into(),
+        )));
+    }
+    Ok(n)
+}
+
+/// `acc + g` for the gradients of `vars` (others are dropped: only parameters are stepped).
+fn add_grads(mut acc: GradStore, g: GradStore, vars: &[&Var]) -> Result<GradStore> {
+    for v in vars {
+        let t = v.as_tensor();
+        match (acc.get(t), g.get(t)) {
+            (Some(a), Some(b)) => {
+                let sum = (a + b)?;
+                acc.insert(t, sum);
+            }
+            (None, Some(b)) => {
+                acc.insert(t, b.clone());
+            }
+            _ => {}
+        }
+    }
+    Ok(acc)
+}
+
+/// The regulariser's loss term, if any.
+fn regulariser(reg: Regulariser<'_>) -> Result<Option<Tensor>> {
+    Ok(match reg {
+        Regulariser::None => None,
         Regulariser::BayesTune {
             store,
             modules,
             n_train,
-        } => (&ce + bayestune::prior_penalty(store, modules, n_train)?)?,
+        } => Some(bayestune::prior_penalty(store, modules, n_train)?),
         Regulariser::AdaLoraOrth {
             store,
             modules,
             weight,
-        } => (&ce + (adalora::orth_regulariser(store, modules)? * weight)?)?,
+        } => Some((adalora::orth_regulariser(store, modules)? * weight)?),
+    })
+}
+
+/// (total loss, task loss) of one batch, without stepping (the task loss is the batch mean).
+pub fn loss(
+    model: &Net,
+    batch: &Batch,
+    reg: Regulariser<'_>,
+    ctx: &ForwardCtx<'_>,
+) -> Result<(Tensor, Tensor)> {
+    let (sum, n) = model.task_loss_sum(batch, ctx)?;
+    let task = (sum / n as f64)?;
+    let total = match regulariser(reg)? {
+        Some(r) => (&task + r)?,
+        None => task.clone(),
     };
-    Ok((total, ce))
+    Ok((total, task))
 }
 
 /// Eval-mode predictions (arg-max class per example).
 pub fn predict(model: &BertForSequenceClassification, input: &BertInput) -> Result<Vec<u32>> {
     Ok(predictions(&model.forward(input, &ForwardCtx::eval())?)?)
-}
-
-fn scalar(t: &Tensor) -> Result<f32> {
-    Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)
 }
 
 #[cfg(test)]
@@ -147,7 +227,7 @@ mod tests {
     use crate::model::bert::{random_init, BertConfig};
     use crate::optim::{AdamConfig, ParamGroup};
     use crate::peft::bayestune::{add_bayestune, BayesTuneConfig};
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn run(seed: u64) -> Vec<f32> {
         let cfg = BertConfig::tiny(30);
@@ -159,8 +239,9 @@ mod tests {
             ..BayesTuneConfig::default()
         };
         add_bayestune(&mut store, &mods, &bt, 3, DType::F32).unwrap();
-        let model = BertForSequenceClassification::load(&store, &cfg, &bt.spec()).unwrap();
-        let batch = ClassifierBatch {
+        let model =
+            Net::Bert(BertForSequenceClassification::load(&store, &cfg, &bt.spec()).unwrap());
+        let batch = Batch::Classifier(ClassifierBatch {
             input: BertInput {
                 input_ids: Tensor::new(&[[2u32, 7, 9, 4], [3, 5, 0, 0]], &Device::Cpu).unwrap(),
                 attention_mask: Tensor::new(&[[1u32, 1, 1, 1], [1, 1, 0, 0]], &Device::Cpu)
@@ -168,7 +249,7 @@ mod tests {
                 token_type_ids: Tensor::zeros((2, 4), DType::U32, &Device::Cpu).unwrap(),
             },
             labels: Tensor::new(&[1u32, 0], &Device::Cpu).unwrap(),
-        };
+        });
         let mut opt = Adam::new(
             AdamConfig::adamw(),
             vec![ParamGroup {
@@ -185,11 +266,26 @@ mod tests {
         };
         let mut losses = Vec::new();
         for step in 0..3 {
-            let (s, _) =
-                train_step(&model, &batch, reg, &mut opt, None, Some(seed + step)).unwrap();
+            let (s, _) = train_step(
+                &model,
+                std::slice::from_ref(&batch),
+                reg,
+                &mut opt,
+                None,
+                Some(seed + step),
+            )
+            .unwrap();
             losses.push(s.loss);
         }
-        assert_eq!(predict(&model, &batch.input).unwrap().len(), 2);
+        let Net::Bert(bert) = &model else {
+            unreachable!()
+        };
+        assert_eq!(
+            predict(bert, crate::task::bert_input(&batch).unwrap())
+                .unwrap()
+                .len(),
+            2
+        );
         losses
     }
 
@@ -198,6 +294,79 @@ mod tests {
         let a = run(11);
         assert_eq!(a, run(11));
         assert_ne!(a, run(12), "different dropout seeds should change the loss");
+    }
+
+    /// Accumulating two micro-batches divides by the tokens of both, so the step's gradient
+    /// equals that of one batch holding all four sequences (up to f32 summation order, 1e-6).
+    #[test]
+    fn accumulated_micro_batches_equal_one_large_batch() {
+        use crate::causal_lm::tests::{ex, tiny};
+        use crate::peft::lora::add_lora;
+        use crate::peft::{AdapterKind, AdapterSpec};
+        let m = tiny();
+        let examples: Vec<_> = (0..4).map(ex).collect();
+        let grads_of = |groups: Vec<Vec<usize>>| {
+            let mut store = m.store.clone();
+            store.set_trainable(|_| false).unwrap();
+            let mods = crate::model::llama::llama_linear_modules(&m.config);
+            add_lora(&mut store, &mods, |_| 2, 3, DType::F32).unwrap();
+            // B ≠ 0 so every adapter tensor gets a gradient.
+            for md in &mods {
+                let b = crate::peft::b_name(&md.name);
+                let t = (store.get(&b).unwrap().ones_like().unwrap() * 0.01).unwrap();
+                store.insert(&b, t, true).unwrap();
+            }
+            let spec = AdapterSpec {
+                kind: AdapterKind::Lora { alpha: 4.0 },
+                dropout: 0.0,
+            };
+            let net = Net::Llama(m.net(&store, &spec).unwrap());
+            let batches: Vec<Batch> = groups
+                .iter()
+                .map(|g| Batch::CausalLm(m.batch(&examples, g).unwrap()))
+                .collect();
+            let mut opt = Adam::new(
+                AdamConfig::adamw(),
+                vec![ParamGroup {
+                    params: store.trainable(),
+                    lr: 0.0,
+                    weight_decay: 0.0,
+                }],
+            )
+            .unwrap();
+            let (_, g) =
+                train_step(&net, &batches, Regulariser::None, &mut opt, None, None).unwrap();
+            store
+                .trainable()
+                .into_iter()
+                .map(|(n, v)| {
+                    (
+                        n,
+                        g.get(v.as_tensor())
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let one = grads_of(vec![vec![0, 1, 2, 3]]);
+        let two = grads_of(vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(one.len(), two.len());
+        let mut worst = 0f32;
+        for ((n1, a), (n2, b)) in one.iter().zip(&two) {
+            assert_eq!(n1, n2);
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            for (x, y) in a.iter().zip(b) {
+                worst = worst.max((x - y).abs() / scale);
+            }
+        }
+        assert!(
+            worst <= 1e-5,
+            "accumulated vs one batch: max relative difference {worst:e}"
+        );
     }
 
     /// A bf16 base (embeddings, linears, layer norms in bf16; adapters f32, loss f32) against the
@@ -246,7 +415,14 @@ mod tests {
                 modules: &mods,
                 n_train: 10,
             };
-            let (total, _) = loss(&model, &batch, reg, &ForwardCtx::eval()).unwrap();
+            let net = Net::Bert(model);
+            let (total, _) = loss(
+                &net,
+                &Batch::Classifier(batch.clone()),
+                reg,
+                &ForwardCtx::eval(),
+            )
+            .unwrap();
             let grads = total.backward().unwrap();
             let mut out = vec![("logits".to_string(), logits.to_dtype(DType::F32).unwrap())];
             out.push(("loss".into(), total));

@@ -5,6 +5,7 @@
 //! |rust − torch| / max(|torch|, floor) with floor = max(1e-6, 1e-3 · max|torch| over the
 //! tensor); gradients max|rust − torch| / max|torch| per tensor (see `scale_err`).
 
+use stages::task::{Batch, Net};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -19,6 +20,9 @@ use stages::peft::{lora, AdapterKind, AdapterSpec, LinearShape};
 use stages::psg::{self, Psg, PsgConfig};
 use stages::train::{self, ClassifierBatch, Clip, Regulariser};
 
+mod common;
+use common::{assert_scaled, host, scale_err};
+
 /// Named trainable parameters.
 type Named = Vec<(String, Var)>;
 
@@ -30,15 +34,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn load(name: &str) -> HashMap<String, Tensor> {
     read_safetensors(&fixture(name), &Device::Cpu).unwrap()
-}
-
-fn host(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Max relative error (see module doc) of `got` against `want`.
@@ -56,29 +51,6 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     let e = rel_err(got, want);
     assert!(e <= tol, "{what}: max relative error {e:.3e} > {tol:.0e}");
-}
-
-/// Max |rust − torch| / max|torch| over the tensor: the measure for gradients, whose elements
-/// are sums over tokens and layers with heavy cancellation (an element far below the tensor's
-/// scale carries the f32 rounding of its large summands, in either implementation).
-fn scale_err(got: &Tensor, want: &Tensor) -> f64 {
-    let (g, w) = (host(got), host(want));
-    let scale = w.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    g.iter()
-        .zip(&w)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
-
-/// Scale-relative check (see `scale_err`) for values after optimiser steps.
-fn assert_scaled(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape mismatch");
-    let e = scale_err(got, want);
-    assert!(
-        e <= tol,
-        "{what}: max error relative to tensor scale {e:.3e} > {tol:.0e}"
-    );
 }
 
 fn assert_grad_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
@@ -188,7 +160,14 @@ fn bayestune_loss_gradients_and_adamw_steps_match_pytorch() {
         modules: &mods,
         n_train: 20,
     };
-    let (loss, ce) = train::loss(&model, &batch, reg, &ForwardCtx::eval()).unwrap();
+    let net = Net::Bert(BertForSequenceClassification::load(&store, &cfg, &bt.spec()).unwrap());
+    let (loss, ce) = train::loss(
+        &net,
+        &Batch::Classifier(batch.clone()),
+        reg,
+        &ForwardCtx::eval(),
+    )
+    .unwrap();
     let logits = model.forward(&batch.input, &ForwardCtx::eval()).unwrap();
     assert_close("logits", &logits, &want["logits"], 5e-5);
     assert_close("ce", &ce, &want["ce"], 5e-5);
@@ -228,8 +207,8 @@ fn bayestune_loss_gradients_and_adamw_steps_match_pytorch() {
     .unwrap();
     for step in 1..=2 {
         let (stats, _) = train::train_step(
-            &model,
-            &batch,
+            &net,
+            &[Batch::Classifier(batch.clone())],
             reg,
             &mut opt,
             Some(Clip {
@@ -387,7 +366,7 @@ fn adalora_training_and_allocation_match_peft() {
         orth_reg_weight: 0.1,
     };
     assert_eq!(acfg.spec().kind, AdapterKind::AdaLora { alpha: 8.0 });
-    let model = BertForSequenceClassification::load(&store, &cfg, &acfg.spec()).unwrap();
+    let net = Net::Bert(BertForSequenceClassification::load(&store, &cfg, &acfg.spec()).unwrap());
     let mut alloc = RankAllocator::new(acfg, &store, &mods).unwrap();
     let mut opt = Adam::new(
         AdamConfig::adamw(),
@@ -407,7 +386,13 @@ fn adalora_training_and_allocation_match_peft() {
             weight: 0.1,
         };
         if step == 1 {
-            let (loss, ce) = train::loss(&model, &batch, reg, &ForwardCtx::eval()).unwrap();
+            let (loss, ce) = train::loss(
+                &net,
+                &Batch::Classifier(batch.clone()),
+                reg,
+                &ForwardCtx::eval(),
+            )
+            .unwrap();
             assert_close("ce1", &ce, &want["ce1"], 1e-5);
             assert_close("loss1", &loss, &want["loss1"], 1e-5);
             let g = loss.backward().unwrap();
@@ -416,7 +401,15 @@ fn adalora_training_and_allocation_match_peft() {
                 assert_grad_close(&key, g.get(var.as_tensor()).unwrap(), &want[&key], 1e-5);
             }
         }
-        let (stats, grads) = train::train_step(&model, &batch, reg, &mut opt, None, None).unwrap();
+        let (stats, grads) = train::train_step(
+            &net,
+            &[Batch::Classifier(batch.clone())],
+            reg,
+            &mut opt,
+            None,
+            None,
+        )
+        .unwrap();
         let l = Tensor::new(stats.loss, &Device::Cpu).unwrap();
         assert_close(
             &format!("loss{step}"),
@@ -472,6 +465,7 @@ fn adalora_training_and_allocation_match_peft() {
 #[test]
 fn psg_forward_gradients_and_regression_match_pytorch() {
     let cfg = PsgConfig {
+        observed: 14,
         modules: 14,
         r_max: 4,
     };
@@ -508,7 +502,9 @@ fn clipping_touches_only_the_subset() {
         modules: &mods,
         n_train: 20,
     };
-    let (loss, _) = train::loss(&model, &inputs(), reg, &ForwardCtx::eval()).unwrap();
+    let net = Net::Bert(model);
+    let (loss, _) =
+        train::loss(&net, &Batch::Classifier(inputs()), reg, &ForwardCtx::eval()).unwrap();
     let mut grads = loss.backward().unwrap();
     let lam = store
         .param(&stages::peft::lambda_name(&mods[0].name))

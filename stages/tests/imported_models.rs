@@ -155,7 +155,7 @@ fn smollm2_gguf_import_matches_transformers() {
         let input = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
         let mask = Tensor::ones((1, n), DType::U32, &Device::Cpu).unwrap();
         let logits = model
-            .forward(&input, &mask, false)
+            .forward(&input, &mask, &stages::peft::layer::ForwardCtx::eval())
             .unwrap()
             .squeeze(0)
             .unwrap();

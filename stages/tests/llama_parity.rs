@@ -7,7 +7,10 @@
 use candle_core::{DType, Device, Tensor};
 use stages::generate::{generate_greedy, GreedyConfig};
 use stages::model::llama::causal_lm_loss;
-use stages::model::llama_io::load_llama;
+use stages::model::llama_io::{load_llama, load_llama_store};
+use stages::params::ParamStore;
+use stages::peft::layer::ForwardCtx;
+use stages::peft::AdapterSpec;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -51,7 +54,7 @@ fn check_forward_and_loss(name: &str) {
         .forward(
             &ids_u32(&g["input_ids"]),
             &ids_u32(&g["attention_mask"]),
-            false,
+            &ForwardCtx::eval(),
         )
         .unwrap();
     let err = rel_err(&logits, &g["logits"]);
@@ -129,46 +132,35 @@ fn llama3_rope_tied_greedy_generation_matches_hf() {
 }
 
 /// Loads the fixture model with every weight a `Var`, so the loss can be differentiated.
-fn load_trainable(name: &str) -> (stages::model::llama::LlamaForCausalLM, candle_nn::VarMap) {
-    use stages::model::hf_layout::{load_tensors, read_config};
-    let dir = fixture(name);
-    let vm = candle_nn::VarMap::new();
-    {
-        let mut data = vm.data().lock().unwrap();
-        for (k, t) in load_tensors(&dir, DType::F32, &Device::Cpu).unwrap() {
-            data.insert(k, candle_core::Var::from_tensor(&t).unwrap());
-        }
-    }
-    let cfg = read_config(&dir).unwrap();
-    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    (
-        stages::model::llama::LlamaForCausalLM::load(vb, &cfg).unwrap(),
-        vm,
-    )
+fn load_trainable(name: &str) -> (stages::model::llama::LlamaForCausalLM, ParamStore) {
+    let (cfg, store) =
+        load_llama_store(&fixture(name), DType::F32, &Device::Cpu, |_| true).unwrap();
+    let model =
+        stages::model::llama::LlamaForCausalLM::load(&store, &cfg, &AdapterSpec::NONE).unwrap();
+    (model, store)
 }
 
 /// Gradients of the completion-only loss match PyTorch autograd (tolerance: max |ours − HF|
 /// / max |HF| ≤ 1e-5 per parameter tensor, f32; measured ≤ 7e-7).
 fn check_gradients(name: &str) {
-    let (model, vm) = load_trainable(name);
+    let (model, store) = load_trainable(name);
     let g = golden(name);
     let logits = model
         .forward(
             &ids_u32(&g["input_ids"]),
             &ids_u32(&g["attention_mask"]),
-            true,
+            &ForwardCtx::eval(),
         )
         .unwrap();
     let loss = causal_lm_loss(&logits, &g["labels"]).unwrap();
     let grads = loss.backward().unwrap();
-    let data = vm.data().lock().unwrap();
     for (param, key) in [
         ("model.layers.0.self_attn.q_proj.weight", "grad_q_proj_l0"),
         ("model.layers.1.mlp.down_proj.weight", "grad_down_proj_l1"),
         ("model.layers.1.input_layernorm.weight", "grad_norm_l1"),
     ] {
         let grad = grads
-            .get(data[param].as_tensor())
+            .get(&store.get(param).unwrap())
             .unwrap_or_else(|| panic!("{name}: no gradient for {param}"));
         let err = rel_err(grad, &g[key]);
         eprintln!("{name}: gradient of {param} relative error {err:e}");

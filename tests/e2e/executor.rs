@@ -400,6 +400,11 @@ fn smoke_manifest_runs_and_is_cached() {
         .unwrap()
         .flatten()
         .filter(|e| e.path().join("out/model").is_dir())
+        // The MasakhaNEWS base stages share a partition (Fed-Aya's has other clients).
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("meta.json"))
+                .is_ok_and(|m| m.contains("\"stage\": \"base_news"))
+        })
     {
         if let Ok(csv) = std::fs::read_to_string(e.path().join("out/rounds.csv")) {
             sampled.push(
@@ -424,7 +429,7 @@ fn smoke_manifest_runs_and_is_cached() {
     for pool in ["seen", "unseen"] {
         let t = out.join(format!("report_news__masakhanews_{pool}_fedavg.csv"));
         let csv = std::fs::read_to_string(&t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));
-        for method in ["lora", "adalora", "bayestune_lora", "fedp2eft"] {
+        for method in ["lora", "adalora", "bayestune_lora", "fedl2p", "fedp2eft"] {
             assert!(
                 csv.lines()
                     .skip(1)
@@ -439,10 +444,28 @@ fn smoke_manifest_runs_and_is_cached() {
     assert!(out
         .join("report_news__rank_structure_fedp2eft.png")
         .is_file());
-    // Table 5: FedP2EFT's federated training per client-round and every method's inference.
+    // Fed-Aya: generations scored by ROUGE-1/L and METEOR, one table per pool with every method.
+    for pool in ["seen", "unseen"] {
+        let t = out.join(format!("report_aya__aya_test_sets_{pool}_fedavg.csv"));
+        let csv = std::fs::read_to_string(&t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));
+        for metric in ["meteor", "rouge1", "rougeL"] {
+            assert!(csv.contains(&format!(",{metric},")), "{csv}");
+        }
+        for method in ["lora", "adalora", "bayestune_lora", "fedl2p", "fedp2eft"] {
+            assert!(
+                csv.lines()
+                    .skip(1)
+                    .any(|l| l.contains(&format!(",{method},"))),
+                "{csv}"
+            );
+        }
+    }
+    // Table 5: FedP2EFT's and FedL2P's federated training per client-round and every method's
+    // inference.
     let cost = std::fs::read_to_string(out.join("cost.csv")).unwrap();
     assert!(cost.contains("fedp2eft,federated_training,"), "{cost}");
-    for method in ["lora", "adalora", "bayestune_lora", "fedp2eft"] {
+    assert!(cost.contains("fedl2p,federated_training,"), "{cost}");
+    for method in ["lora", "adalora", "bayestune_lora", "fedl2p", "fedp2eft"] {
         assert!(
             cost.contains(&format!("{method},personalization,")),
             "{cost}"

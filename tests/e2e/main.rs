@@ -3,6 +3,7 @@
 
 mod base_models;
 mod executor;
+mod fedl2p;
 mod manifest_errors;
 mod personalize;
 mod psg;

@@ -2,8 +2,6 @@
 //! after `kill -9`, BayesTune's Stage 1 runs once per client whatever the number of budgets,
 //! and every BayesTune-based personalization keeps exactly r_b × #modules ranks.
 
-use std::time::Duration;
-
 use crate::util::Sandbox;
 
 const MANIFEST: &str = r#"
@@ -100,18 +98,11 @@ fn instances(s: &Sandbox, wd: &str) -> Vec<(String, std::path::PathBuf)> {
 
 #[test]
 fn psg_training_killed_mid_run_resumes_bit_identical() {
-    let s = Sandbox::new();
-    s.write("clean.yaml", &manifest("clean", 8, false));
-    let t0 = std::time::Instant::now();
-    s.run(&["run", "clean.yaml"]).ok();
-    let clean_ms = t0.elapsed().as_millis() as u64;
-    let psg = |wd: &str| -> Vec<(String, Vec<u8>)> {
-        s.artifacts(wd)
-            .into_iter()
-            .filter(|(k, _)| k.contains("/psg/") || k.ends_with("/rounds.csv"))
-            .collect()
-    };
-    let reference = psg("clean");
+    let reference = Sandbox::new().assert_resumes_bit_identical(
+        |wd| manifest(wd, 8, false),
+        |k| k.contains("/psg/") || k.ends_with("/rounds.csv"),
+        &[60, 85],
+    );
     // PSG weights + config, the base's and the PSG's rounds.csv.
     assert_eq!(
         reference.len(),
@@ -119,26 +110,6 @@ fn psg_training_killed_mid_run_resumes_bit_identical() {
         "{:?}",
         reference.iter().map(|r| &r.0).collect::<Vec<_>>()
     );
-    let mut resumed_any = false;
-    for (trial, pct) in [60u64, 85].into_iter().enumerate() {
-        let wd = format!("t{trial}");
-        s.write(&format!("{wd}.yaml"), &manifest(&wd, 8, false));
-        let mut child = s
-            .command(&["run", &format!("{wd}.yaml"), "-q"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(clean_ms * pct / 100));
-        unsafe { libc::kill(child.id() as i32, 9) };
-        let _ = child.wait();
-        s.run(&["run", &format!("{wd}.yaml")]).ok();
-        assert_eq!(psg(&wd), reference, "trial {trial} ({pct}% of a clean run)");
-        resumed_any |= instances(&s, &wd).iter().any(|(_, out)| {
-            std::fs::read_to_string(out.parent().unwrap().join("meta.json"))
-                .is_ok_and(|m| m.contains("\"resumed\": true"))
-        });
-    }
-    assert!(resumed_any, "no trial resumed from a checkpoint");
 }
 
 #[test]

@@ -41,6 +41,59 @@ impl Sandbox {
         c
     }
 
+    /// The resumption check: runs `manifest(workdir)` once cleanly, then for each percentage
+    /// starts a fresh run, kills it with SIGKILL (no destructor, no cleanup) after that share
+    /// of the clean run's wall time and runs it again to the end. The artifacts `keep` selects
+    /// must be byte-identical to the clean run's each time, and at least one trial must have
+    /// resumed from a checkpoint. Returns the clean run's selected artifacts.
+    pub fn assert_resumes_bit_identical(
+        &self,
+        manifest: impl Fn(&str) -> String,
+        keep: impl Fn(&str) -> bool,
+        percentages: &[u64],
+    ) -> Vec<(String, Vec<u8>)> {
+        let selected = |wd: &str| -> Vec<(String, Vec<u8>)> {
+            self.artifacts(wd)
+                .into_iter()
+                .filter(|(k, _)| keep(k))
+                .collect()
+        };
+        self.write("clean.yaml", &manifest("clean"));
+        let t0 = std::time::Instant::now();
+        self.run(&["run", "clean.yaml"]).ok();
+        let clean_ms = t0.elapsed().as_millis() as u64;
+        let reference = selected("clean");
+        let mut resumed_any = false;
+        for (trial, pct) in percentages.iter().enumerate() {
+            let wd = format!("t{trial}");
+            let yaml = format!("{wd}.yaml");
+            self.write(&yaml, &manifest(&wd));
+            let mut child = self
+                .command(&["run", &yaml, "-q"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(clean_ms * pct / 100));
+            unsafe { libc::kill(child.id() as i32, 9) };
+            let _ = child.wait();
+            self.run(&["run", &yaml]).ok();
+            assert_eq!(
+                selected(&wd),
+                reference,
+                "trial {trial} ({pct}% of a clean run)"
+            );
+            resumed_any |= std::fs::read_dir(self.path().join(&wd).join("store"))
+                .unwrap()
+                .flatten()
+                .any(|e| {
+                    std::fs::read_to_string(e.path().join("meta.json"))
+                        .is_ok_and(|m| m.contains("\"resumed\": true"))
+                });
+        }
+        assert!(resumed_any, "no trial resumed from a checkpoint");
+        reference
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         let out = self.command(args).output().expect("spawn pipeline");
         Run::from(out)

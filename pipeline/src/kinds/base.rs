@@ -1,21 +1,28 @@
 //! `base/*` stage kinds (PAPER_NOTES §2): the base model every personalization method starts
-//! from. `base/fedavg` trains BERT classification with Standard FL on the seen pool of the
-//! upstream partition; `base/pretrained` is the model off the shelf. Both write `model/` in HF
-//! layout (config.json, model.safetensors, tokenizer.json); FedAvg also writes `rounds.csv`.
+//! from. `base/fedavg` runs Standard FL on the seen pool of the upstream partition — full
+//! fine-tuning of a BERT classifier, or a LoRA (r 16, α 32, merged at the end) on a LLaMA for
+//! generation datasets; `base/pretrained` is the model off the shelf. Both write `model/` in HF
+//! layout (config.json, model.safetensors, tokenizer.json; generation models add `task.json`
+//! with their prompt template); FedAvg also writes `rounds.csv`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use datasets::{PoolReader, Split};
+use datasets::{PoolReader, Split, TaskKind};
 use serde::Deserialize;
 use serde_json::Value;
 use stages::base_model::{
-    build_classifier, copy_model_dir, device_from_name, save_classifier, save_client_states,
-    train_fedavg, train_feddpa, ClassifierModel, FedAvgRun, ModelSource,
+    build_task_model, copy_model_dir, device_from_name, save_client_states, save_task_model,
+    train_fedavg, train_feddpa, FedAvgRun, FedLora, ModelSource,
 };
-use stages::fl::classifier_client::ShardLoader;
+use stages::fl::fedavg_client::ShardLoader;
 use stages::fl::feddpa_client::DpaConfig;
-use stages::fl::{rounds_csv, EngineConfig, EngineState, LocalSgdConfig};
+use stages::fl::{rounds_csv, EngineConfig, EngineState, LocalSgdConfig, RoundLr};
+use stages::peft::lora::TargetModules;
+use stages::task::TaskModel;
+use stages::tokenize::PromptTemplate;
+
+use super::task::{write_task_file, TaskOptions};
 
 use crate::context::StageContext;
 use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
@@ -23,7 +30,7 @@ use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError
 pub fn register(r: &mut Registry) {
     r.register(Arc::new(FedAvgKind {
         name: "base/fedavg",
-        describe: "Standard FL (FedAvg, full fine-tuning) of a BERT classifier on the seen pool",
+        describe: "Standard FL (FedAvg) on the seen pool: BERT full fine-tuning, LLaMA LoRA",
         keep_local: None,
     }));
     r.register(Arc::new(FedAvgKind {
@@ -35,86 +42,198 @@ pub fn register(r: &mut Registry) {
     r.register(Arc::new(FedDpaKind));
 }
 
-// Paper defaults (PAPER_NOTES §2, App. A.3): 100 rounds, 10% of clients, lr 5e-5, AdamW wd 0,
-// 2 local epochs, batch 32, sequence length 128 (XNLI; MasakhaNEWS sets 256).
-fn default_rounds() -> u64 {
-    100
-}
+// Paper defaults (PAPER_NOTES §2, App. A.3). BERT: 100 rounds, 10% of clients, lr 5e-5, AdamW
+// wd 0, 2 local epochs. LLaMA: 200 rounds, lr 2e-5 → 1e-6 cosine over rounds, 10 local steps of
+// 4 × 4, LoRA r 16 α 32 dropout 0.05 on all linears [code]. Batch and lengths: `kinds::task`.
 fn default_fraction() -> f64 {
     0.1
 }
 fn default_min_clients() -> usize {
     1
 }
-fn default_lr() -> f64 {
-    5e-5
-}
 fn default_epochs() -> usize {
     2
 }
-fn default_batch() -> usize {
-    32
+fn default_prompt() -> PromptTemplate {
+    PromptTemplate::Alpaca
 }
-fn default_max_len() -> usize {
-    128
+
+/// The LoRA a base model is federated with; `targets` = last module-name components
+/// (e.g. `[q_proj, v_proj]`), all linears when absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoraParams {
+    #[serde(default = "lora_rank")]
+    rank: usize,
+    #[serde(default = "lora_alpha")]
+    alpha: f64,
+    #[serde(default = "lora_dropout")]
+    dropout: f32,
+    #[serde(default)]
+    targets: Option<Vec<String>>,
+}
+fn lora_rank() -> usize {
+    16
+}
+fn lora_alpha() -> f64 {
+    32.0
+}
+fn lora_dropout() -> f32 {
+    0.05
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FedAvgParams {
     model: ModelSource,
-    #[serde(default = "default_rounds")]
-    rounds: u64,
+    #[serde(default)]
+    rounds: Option<u64>,
     #[serde(default = "default_fraction")]
     fraction: f64,
     #[serde(default = "default_min_clients")]
     min_clients: usize,
-    #[serde(default = "default_lr")]
-    lr: f64,
+    #[serde(default)]
+    lr: Option<f64>,
+    /// Cosine decay of the round lr to this value (generation default 1e-6); constant if absent
+    /// for classification.
+    #[serde(default)]
+    min_lr: Option<f64>,
     #[serde(default)]
     weight_decay: f64,
     #[serde(default = "default_epochs")]
     local_epochs: usize,
-    #[serde(default = "default_batch")]
-    batch_size: usize,
-    #[serde(default = "default_max_len")]
-    max_len: usize,
+    /// Fixed local steps per round instead of epochs (generation default 10).
+    #[serde(default)]
+    local_steps: Option<usize>,
+    /// Federate a LoRA instead of every weight (generation default: the paper's LoRA).
+    #[serde(default)]
+    lora: Option<LoraParams>,
+    #[serde(default = "default_prompt")]
+    prompt: PromptTemplate,
+    #[serde(flatten)]
+    task: TaskOptions,
     /// Accuracy of the global model on the seen clients' test splits every k rounds (and after
-    /// the last), in `rounds.csv`'s `eval` column; off by default.
+    /// the last), in `rounds.csv`'s `eval` column; off by default (classification only).
     #[serde(default)]
     eval_every: Option<u64>,
+}
+
+impl FedAvgParams {
+    fn rounds(&self, kind: TaskKind) -> u64 {
+        self.rounds.unwrap_or(match kind {
+            TaskKind::Classification => 100,
+            TaskKind::Generation => 200,
+        })
+    }
+
+    fn lr(&self, kind: TaskKind) -> f64 {
+        self.lr.unwrap_or(match kind {
+            TaskKind::Classification => 5e-5,
+            TaskKind::Generation => 2e-5,
+        })
+    }
+
+    fn lora(&self, kind: TaskKind, seed: u64) -> Option<FedLora> {
+        let p = match (&self.lora, kind) {
+            (Some(p), _) => p.clone(),
+            (None, TaskKind::Generation) => LoraParams {
+                rank: lora_rank(),
+                alpha: lora_alpha(),
+                dropout: lora_dropout(),
+                targets: None,
+            },
+            (None, TaskKind::Classification) => return None,
+        };
+        Some(FedLora {
+            rank: p.rank,
+            alpha: p.alpha,
+            dropout: p.dropout,
+            targets: match p.targets {
+                Some(t) => TargetModules::Names(t),
+                None => TargetModules::AllLinear,
+            },
+            seed,
+        })
+    }
+
+    fn sgd(&self, kind: TaskKind) -> LocalSgdConfig {
+        let (min_lr, steps) = match kind {
+            TaskKind::Classification => (self.min_lr, self.local_steps),
+            TaskKind::Generation => (
+                Some(self.min_lr.unwrap_or(1e-6)),
+                Some(self.local_steps.unwrap_or(10)),
+            ),
+        };
+        LocalSgdConfig {
+            accumulate: self.task.accumulate(kind),
+            max_steps: steps,
+            round_lr: match min_lr {
+                Some(min_lr) => RoundLr::Cosine {
+                    rounds: self.rounds(kind),
+                    min_lr,
+                },
+                None => RoundLr::Constant,
+            },
+            ..LocalSgdConfig::epochs(
+                self.lr(kind),
+                self.weight_decay,
+                self.local_epochs,
+                self.task.batch_size(kind),
+            )
+        }
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PretrainedParams {
     model: ModelSource,
-    #[serde(default = "default_max_len")]
-    max_len: usize,
+    #[serde(default = "default_prompt")]
+    prompt: PromptTemplate,
+    #[serde(flatten)]
+    task: TaskOptions,
 }
 
-fn check_model(m: &ModelSource, max_len: usize) -> Result<(), ParamError> {
-    if let ModelSource::Tiny(t) = m {
-        if t.hidden == 0 || t.heads == 0 || t.hidden % t.heads != 0 {
-            return Err(ParamError::new(
-                Some("model"),
-                format!(
+fn check_model(m: &ModelSource, task: &TaskOptions) -> Result<(), ParamError> {
+    let bad = |msg: String| Err(ParamError::new(Some("model"), msg));
+    match m {
+        ModelSource::Tiny(t) => {
+            if t.hidden == 0 || t.heads == 0 || t.hidden % t.heads != 0 {
+                return bad(format!(
                     "tiny.hidden ({}) must be a positive multiple of tiny.heads ({})",
                     t.hidden, t.heads
-                ),
-            ));
+                ));
+            }
+            if t.layers == 0 || t.intermediate == 0 || t.vocab_size < 10 {
+                return bad(
+                    "tiny.layers and tiny.intermediate must be ≥ 1 and tiny.vocab_size ≥ 10".into(),
+                );
+            }
         }
-        if t.layers == 0 || t.intermediate == 0 || t.vocab_size < 10 {
-            return Err(ParamError::new(
-                Some("model"),
-                "tiny.layers and tiny.intermediate must be ≥ 1 and tiny.vocab_size ≥ 10",
-            ));
+        ModelSource::TinyLlama(t) => {
+            if t.hidden == 0
+                || t.heads == 0
+                || t.hidden % t.heads != 0
+                || (t.hidden / t.heads) % 2 != 0
+            {
+                return bad(format!(
+                    "tiny_llama.hidden ({}) must be a multiple of tiny_llama.heads ({}) with an even head size",
+                    t.hidden, t.heads
+                ));
+            }
+            if t.kv_heads == 0 || t.heads % t.kv_heads != 0 {
+                return bad(format!(
+                    "tiny_llama.heads ({}) must be a multiple of tiny_llama.kv_heads ({})",
+                    t.heads, t.kv_heads
+                ));
+            }
+            if t.layers == 0 || t.intermediate == 0 || t.vocab_size < 270 {
+                return bad("tiny_llama.layers and tiny_llama.intermediate must be ≥ 1 and tiny_llama.vocab_size ≥ 270 (256 bytes + specials)".into());
+            }
         }
+        ModelSource::Dir(_) => {}
     }
-    if max_len < 4 {
-        return Err(ParamError::new(Some("max_len"), "`max_len` must be ≥ 4"));
-    }
-    Ok(())
+    task.check()
 }
 
 fn model_files(m: &ModelSource) -> Result<Vec<PathBuf>, StageError> {
@@ -150,14 +269,16 @@ fn train_texts(pool: &PoolReader) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn classification_labels(pool: &PoolReader) -> Result<Vec<String>, StageError> {
-    if pool.task().kind != datasets::TaskKind::Classification {
+/// DEPT(SPEC) and FedDPA-T are defined for the classification setups only (PAPER_NOTES §2).
+fn require_classification(ctx: &StageContext, kind: &str) -> Result<(), StageError> {
+    let pool = seen_pool(ctx)?;
+    if pool.task().kind != TaskKind::Classification {
         return Err(StageError::msg(format!(
-            "dataset `{}` is not a classification task; the BERT base kinds need one",
+            "{kind} is defined for classification datasets; `{}` is a generation dataset",
             pool.task().dataset
         )));
     }
-    Ok(pool.labels().to_vec())
+    Ok(())
 }
 
 /// DEPT(SPEC) keeps every parameter whose name contains `_embeddings` (word, position,
@@ -179,16 +300,19 @@ impl StageKind for FedAvgKind {
         self.name
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn describe(&self) -> &'static str {
         self.describe
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: FedAvgParams = typed_params(params)?;
-        check_model(&p.model, p.max_len)?;
-        if p.rounds == 0 {
-            return Err(ParamError::new(Some("rounds"), "`rounds` must be ≥ 1"));
+        check_model(&p.model, &p.task)?;
+        if p.rounds == Some(0) || p.local_steps == Some(0) {
+            return Err(ParamError::new(
+                Some("rounds"),
+                "`rounds` and `local_steps` must be ≥ 1",
+            ));
         }
         if !(p.fraction > 0.0 && p.fraction <= 1.0) {
             return Err(ParamError::new(
@@ -196,17 +320,27 @@ impl StageKind for FedAvgKind {
                 "`fraction` must be in (0, 1]",
             ));
         }
-        if p.batch_size == 0 || p.local_epochs == 0 {
+        if p.local_epochs == 0 {
             return Err(ParamError::new(
-                Some("batch_size"),
-                "`batch_size` and `local_epochs` must be ≥ 1",
+                Some("local_epochs"),
+                "`local_epochs` must be ≥ 1",
             ));
         }
-        if !(p.lr > 0.0 && p.lr.is_finite()) || p.weight_decay < 0.0 {
+        let positive = |v: Option<f64>| v.is_none_or(|v| v > 0.0 && v.is_finite());
+        if !positive(p.lr) || !positive(p.min_lr) || p.weight_decay < 0.0 {
             return Err(ParamError::new(
                 Some("lr"),
-                "`lr` must be positive and `weight_decay` ≥ 0",
+                "`lr` and `min_lr` must be positive and `weight_decay` ≥ 0",
             ));
+        }
+        if let Some(l) = &p.lora {
+            if l.rank == 0 || l.alpha.is_nan() || l.alpha <= 0.0 || !(0.0..1.0).contains(&l.dropout)
+            {
+                return Err(ParamError::new(
+                    Some("lora"),
+                    "`lora.rank` must be ≥ 1, `lora.alpha` > 0 and `lora.dropout` in [0, 1)",
+                ));
+            }
         }
         Ok(())
     }
@@ -217,13 +351,16 @@ impl StageKind for FedAvgKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: FedAvgParams = ctx.params()?;
         let keep_local = self.keep_local;
+        if keep_local.is_some() {
+            require_classification(ctx, self.name)?;
+        }
         run_federated(
             ctx,
             &p,
             keep_local.is_some(),
             |model, clients, load, run, resume, after| {
                 let keep = keep_local
-                    .map(|f| -> stages::fl::classifier_client::LocalPredicate { Box::new(f) });
+                    .map(|f| -> stages::fl::fedavg_client::LocalPredicate { Box::new(f) });
                 train_fedavg(model, clients, load, run, keep, resume, after).map_err(err)
             },
         )
@@ -239,7 +376,7 @@ impl StageKind for FedDpaKind {
         "base/feddpa_t"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn describe(&self) -> &'static str {
         "FedDPA-T: global + per-client local LoRA (r8 α8, q,v) on a BERT classifier"
@@ -258,6 +395,7 @@ impl StageKind for FedDpaKind {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: FedAvgParams = ctx.params()?;
+        require_classification(ctx, "base/feddpa_t")?;
         let adapter_seed = ctx.derive_seed(&["lora".into()]);
         run_federated(ctx, &p, true, |model, clients, load, run, resume, after| {
             train_feddpa(
@@ -283,7 +421,7 @@ fn run_federated(
     p: &FedAvgParams,
     save_client_state: bool,
     train: impl FnOnce(
-        &mut ClassifierModel,
+        &mut TaskModel,
         &[u32],
         ShardLoader<'_>,
         &FedAvgRun,
@@ -291,9 +429,11 @@ fn run_federated(
         &mut dyn FnMut(&EngineState) -> Result<(), String>,
     ) -> Result<EngineState, StageError>,
 ) -> Result<(), StageError> {
-    let (mut model, clients, run, resume) = prepare(ctx, p)?;
     let pool = seen_pool(ctx)?;
-    let bar = ctx.progress(p.rounds, "rounds").clone();
+    let kind = pool.task().kind;
+    let (mut model, clients, run, resume) = prepare(ctx, p, &pool)?;
+    let rounds = run.engine.rounds;
+    let bar = ctx.progress(rounds, "rounds").clone();
     bar.set(resume.as_ref().map_or(0, |s| s.round));
     let pool_ref = &pool;
     let load: ShardLoader<'_> = Box::new(move |c: u32| {
@@ -309,11 +449,15 @@ fn run_federated(
         Ok(())
     };
     let state = train(&mut model, &clients, load, &run, resume, &mut after_round)?;
-    save_classifier(&model, &ctx.out_dir().join("model")).map_err(err)?;
+    let model_dir = ctx.out_dir().join("model");
+    save_task_model(&model, &model_dir).map_err(err)?;
+    if kind == TaskKind::Generation {
+        write_task_file(&model_dir, p.prompt)?;
+    }
     if save_client_state {
         save_client_states(
             &state.persistent,
-            &model.store,
+            model.store(),
             &ctx.out_dir().join("client_state"),
         )
         .map_err(err)?;
@@ -332,34 +476,28 @@ fn run_federated(
 fn prepare(
     ctx: &mut StageContext,
     p: &FedAvgParams,
-) -> Result<(ClassifierModel, Vec<u32>, FedAvgRun, Option<EngineState>), StageError> {
+    pool: &PoolReader,
+) -> Result<(TaskModel, Vec<u32>, FedAvgRun, Option<EngineState>), StageError> {
     let device = device_from_name(ctx.device()).map_err(err)?;
-    let pool = seen_pool(ctx)?;
-    let labels = classification_labels(&pool)?;
+    let kind = pool.task().kind;
+    let setup = p.task.setup(pool, p.prompt);
     let head_seed = ctx.shared_seed(&["classifier".into()]);
-    let model = build_classifier(
-        &p.model,
-        &labels,
-        p.max_len,
-        head_seed,
-        || train_texts(&pool),
-        &device,
-    )
-    .map_err(err)?;
+    let model = build_task_model(&p.model, &setup, head_seed, || train_texts(pool), &device)
+        .map_err(err)?;
+    if kind == TaskKind::Generation && p.eval_every.is_some() {
+        return Err(StageError::msg(
+            "`eval_every` measures accuracy: only for classification datasets",
+        ));
+    }
     let run = FedAvgRun {
         engine: EngineConfig {
-            rounds: p.rounds,
+            rounds: p.rounds(kind),
             fraction: p.fraction,
             min_clients: p.min_clients,
             eval_every: p.eval_every,
             seed: ctx.shared_seed(&["fl".into()]),
         },
-        sgd: LocalSgdConfig {
-            lr: p.lr,
-            weight_decay: p.weight_decay,
-            epochs: p.local_epochs,
-            batch_size: p.batch_size,
-        },
+        sgd: p.sgd(kind),
         eval_examples: match p.eval_every {
             Some(_) => {
                 let mut all = Vec::new();
@@ -370,6 +508,7 @@ fn prepare(
             }
             None => Vec::new(),
         },
+        lora: p.lora(kind, ctx.shared_seed(&["lora".into()])),
     };
     let resume = match ctx.resume() {
         Some(bytes) => Some(EngineState::from_bytes(&bytes, &device).map_err(err)?),
@@ -385,14 +524,14 @@ impl StageKind for PretrainedKind {
         "base/pretrained"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn describe(&self) -> &'static str {
         "the pretrained model off the shelf, in HF layout"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: PretrainedParams = typed_params(params)?;
-        check_model(&p.model, p.max_len)
+        check_model(&p.model, &p.task)
     }
     fn external_inputs(&self, plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
         let p: PretrainedParams = typed_params(plan.params).map_err(|e| StageError(e.message))?;
@@ -401,26 +540,28 @@ impl StageKind for PretrainedKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: PretrainedParams = ctx.params()?;
         let out = ctx.out_dir().join("model");
+        let pool = seen_pool(ctx)?;
+        let kind = pool.task().kind;
         match &p.model {
-            ModelSource::Dir(dir) => copy_model_dir(dir, &out).map_err(err),
-            // A tiny model needs the partition for its labels and tokenizer texts.
-            tiny @ ModelSource::Tiny(_) => {
+            ModelSource::Dir(dir) if kind == TaskKind::Classification => {
+                copy_model_dir(dir, &out).map_err(err)?
+            }
+            // A tiny model needs the partition for its labels and tokenizer texts; a causal LM
+            // may gain a pad token (and an embedding row), so it is rebuilt and saved.
+            source => {
                 let device = device_from_name(ctx.device()).map_err(err)?;
-                let pool = seen_pool(ctx)?;
-                let labels = classification_labels(&pool)?;
+                let setup = p.task.setup(&pool, p.prompt);
                 let head_seed = ctx.shared_seed(&["classifier".into()]);
-                let model = build_classifier(
-                    tiny,
-                    &labels,
-                    p.max_len,
-                    head_seed,
-                    || train_texts(&pool),
-                    &device,
-                )
-                .map_err(err)?;
-                save_classifier(&model, &out).map_err(err)
+                let model =
+                    build_task_model(source, &setup, head_seed, || train_texts(&pool), &device)
+                        .map_err(err)?;
+                save_task_model(&model, &out).map_err(err)?;
             }
         }
+        if kind == TaskKind::Generation {
+            write_task_file(&out, p.prompt)?;
+        }
+        Ok(())
     }
 }
 

@@ -5,11 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datasets::{ClientInfo, PoolReader};
-use stages::base_model::ClassifierModel;
+use datasets::{ClientInfo, PoolReader, Split, TaskKind};
+use stages::base_model::TaskSetup;
+use stages::fl::fedavg_client::ShardLoader;
+use stages::fl::psg_client::BaseLoader;
+use stages::methods::all_linear;
 use stages::personalize::load_base;
+use stages::task::TaskModel;
+use stages::tokenize::PromptTemplate;
 use stages::Device;
 
+use super::task::TaskOptions;
 use crate::context::{InputArtifact, StageContext};
 use crate::registry::StageError;
 
@@ -58,6 +64,55 @@ pub fn find_client(part: &Path, client: u32) -> Result<ClientShard, StageError> 
     )))
 }
 
+/// The seen pool the federated meta-network kinds (`psg/fedp2eft`, `psg/fedl2p`) train on, and
+/// the model setup of its task.
+pub struct SeenPool {
+    pub reader: PoolReader,
+    pub kind: TaskKind,
+    pub setup: TaskSetup,
+    pub clients: Vec<u32>,
+}
+
+impl SeenPool {
+    pub fn open(
+        ctx: &StageContext,
+        base: &BaseArtifact,
+        task: &TaskOptions,
+    ) -> Result<Self, StageError> {
+        let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
+        let reader = PoolReader::open(part.join("seen.parquet"))?;
+        let kind = reader.task().kind;
+        let setup = task.setup(&reader, base.prompt()?);
+        let clients = reader.clients().iter().map(|c| c.client_id).collect();
+        Ok(Self {
+            reader,
+            kind,
+            setup,
+            clients,
+        })
+    }
+
+    /// (observed, adapted) linears of the clients' base (from the first client's): the
+    /// meta-data size and the number of adapted modules.
+    pub fn linears(&self, loader: &BaseLoader<'_>) -> Result<(usize, usize), StageError> {
+        let first = *self
+            .clients
+            .first()
+            .ok_or_else(|| StageError::msg("the seen pool has no clients"))?;
+        let model = loader(first).map_err(StageError)?;
+        Ok((model.observed_linears(), all_linear(&model).len()))
+    }
+
+    /// Loads a client's train split.
+    pub fn train_shards(&self) -> ShardLoader<'_> {
+        Box::new(move |c| {
+            self.reader
+                .load_client(c, Split::Train)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// The client ids of both pools (what `client: all` expands to).
 pub fn all_clients(part: &Path) -> Result<Vec<u32>, StageError> {
     let mut ids = Vec::new();
@@ -94,21 +149,24 @@ impl BaseArtifact {
         self.dir.join("client_state").is_dir()
     }
 
+    /// The prompt template the base model was trained with (generation).
+    pub fn prompt(&self) -> Result<PromptTemplate, StageError> {
+        super::task::read_prompt(&self.dir.join("model"))
+    }
+
     /// `client`'s base: `model/` plus its private state when it has one (a client that never
     /// trained keeps the starting values in `model/`).
     pub fn load(
         &self,
         client: u32,
-        labels: &[String],
-        max_len: usize,
+        setup: &TaskSetup,
         device: &Device,
-    ) -> Result<ClassifierModel, StageError> {
+    ) -> Result<TaskModel, StageError> {
         let state = self.client_state(client);
         load_base(
             &self.dir.join("model"),
             state.is_file().then_some(state.as_path()),
-            labels,
-            max_len,
+            setup,
             device,
         )
         .map_err(|e| StageError(e.to_string()))
@@ -118,19 +176,16 @@ impl BaseArtifact {
     /// parameters.
     pub fn loader<'a>(
         &'a self,
-        labels: &'a [String],
-        max_len: usize,
+        setup: &'a TaskSetup,
         device: &'a Device,
-    ) -> Result<stages::fl::psg_client::BaseLoader<'a>, StageError> {
+    ) -> Result<BaseLoader<'a>, StageError> {
         if self.is_per_client() {
             Ok(Box::new(move |c| {
-                self.load(c, labels, max_len, device)
-                    .map(Arc::new)
-                    .map_err(|e| e.0)
+                self.load(c, setup, device).map(Arc::new).map_err(|e| e.0)
             }))
         } else {
             let shared = Arc::new(
-                load_base(&self.dir.join("model"), None, labels, max_len, device)
+                load_base(&self.dir.join("model"), None, setup, device)
                     .map_err(|e| StageError(e.to_string()))?,
             );
             Ok(Box::new(move |_| Ok(shared.clone())))

@@ -1,30 +1,36 @@
 //! `personalize` (PAPER_NOTES §4, §6): one method at one budget on one client of the upstream
 //! partition (seen or unseen pool), starting from the single upstream `base/*` model. Writes
-//! `predictions.csv`, `result.csv` (the report's classification-result schema) and `ranks.csv`.
+//! `predictions.csv`, `result.csv` (the report's classification-result schema) and `ranks.csv`
+//! (FedL2P also `lrs.csv`).
 //! `report` (PAPER_NOTES §7) turns every upstream `result.csv` into the result tables.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use datasets::{Example, Split};
+use datasets::{Example, Split, TaskKind};
 use serde::Deserialize;
 use serde_json::Value;
-use stages::base_model::{device_from_name, ClassifierModel};
+use stages::base_model::device_from_name;
 use stages::fl::psg_client::psg_lambdas;
 use stages::methods::adalora::{personalize_adalora, AdaLoraRun};
 use stages::methods::all_linear;
+use stages::methods::fedl2p::Fedl2pRun;
 use stages::methods::ranked::{personalize_ranked, RankedRun};
 use stages::peft::bayestune::{LAMBDA_MAX, LAMBDA_MIN};
 use stages::personalize::{personalize_lora, LoraRun, Personalized, METHODS};
 use stages::rng::derive_seed;
+use stages::task::{Outputs, TaskModel};
 use stages::Device;
 
 use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact};
 use super::psg::{read_psg, read_stage1, AdapterMeta};
+use super::task::TaskOptions;
 use crate::context::{InputArtifact, StageContext};
 use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
-use crate::report::read::{read_classification_results, read_lambda_vectors, read_rank_records};
+use crate::report::read::{
+    read_classification_results, read_generation_scores, read_lambda_vectors, read_rank_records,
+};
 use crate::report::Method;
 use crate::report::{write_report, ReportInputs, ReportOptions};
 
@@ -33,16 +39,10 @@ pub fn register(r: &mut Registry) {
     r.register(Arc::new(ReportKind));
 }
 
-// PAPER_NOTES §4, §6: 2 epochs; lr 1e-4 (AdaLoRA 1e-3); batch 32 and length 128 as the base
-// stages.
+// PAPER_NOTES §4, §6: 2 epochs; lr 1e-4 (AdaLoRA 1e-3); batch, accumulation and lengths per task
+// (`kinds::task`).
 fn default_epochs() -> usize {
     2
-}
-fn default_batch() -> usize {
-    32
-}
-fn default_max_len() -> usize {
-    128
 }
 
 #[derive(Deserialize)]
@@ -57,10 +57,8 @@ struct PersonalizeParams {
     /// Default per method: 1e-3 for AdaLoRA, 1e-4 otherwise.
     #[serde(default)]
     lr: Option<f64>,
-    #[serde(default = "default_batch")]
-    batch_size: usize,
-    #[serde(default = "default_max_len")]
-    max_len: usize,
+    #[serde(flatten)]
+    task: TaskOptions,
 }
 
 impl PersonalizeParams {
@@ -82,10 +80,10 @@ impl StageKind for PersonalizeKind {
         "personalize"
     }
     fn version(&self) -> u32 {
-        2
+        3
     }
     fn describe(&self) -> &'static str {
-        "personalize a base model on one client (lora, adalora, bayestune_lora, fedp2eft) and score its test split"
+        "personalize a base model on one client (lora, adalora, bayestune_lora, fedl2p, fedp2eft) and score its test split"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let m: MethodOnly = typed_params(params)?;
@@ -106,12 +104,13 @@ impl StageKind for PersonalizeKind {
             map.entry("client").or_insert(Value::from(0u32));
         }
         let p: PersonalizeParams = typed_params(&params)?;
-        if p.budget == 0 || p.epochs == 0 || p.batch_size == 0 {
+        if p.budget == 0 || p.epochs == 0 {
             return Err(ParamError::new(
                 Some("budget"),
-                "`budget`, `epochs` and `batch_size` must be ≥ 1",
+                "`budget` and `epochs` must be ≥ 1",
             ));
         }
+        p.task.check()?;
         if p.method == "adalora" && p.budget < 2 {
             return Err(ParamError::new(
                 Some("budget"),
@@ -120,9 +119,6 @@ impl StageKind for PersonalizeKind {
         }
         if !(p.lr() > 0.0 && p.lr().is_finite()) {
             return Err(ParamError::new(Some("lr"), "`lr` must be positive"));
-        }
-        if p.max_len < 4 {
-            return Err(ParamError::new(Some("max_len"), "`max_len` must be ≥ 4"));
         }
         Ok(())
     }
@@ -144,7 +140,8 @@ impl StageKind for PersonalizeKind {
         let shard = find_client(&part, p.client)?;
         let base = BaseArtifact::of(ctx)?;
         let device = device_from_name(ctx.device()).map_err(err)?;
-        let model = base.load(p.client, shard.reader.labels(), p.max_len, &device)?;
+        let setup = p.task.setup(&shard.reader, base.prompt()?);
+        let model = base.load(p.client, &setup, &device)?;
         let train = shard.reader.load_client(p.client, Split::Train)?;
         let test = shard.reader.load_client(p.client, Split::Test)?;
         if test.is_empty() {
@@ -154,12 +151,18 @@ impl StageKind for PersonalizeKind {
             )));
         }
         let seed = ctx.derive_seed(&["client".into(), u64::from(p.client).into()]);
-        let (out, lambdas) = run_method(ctx, &p, model, &train, &test, seed, &device)?;
+        let kind = shard.reader.task().kind;
+        let (out, lambdas) = run_method(ctx, &p, kind, model, &train, &test, seed, &device)?;
         let lang = &shard.info.language;
-        let mut preds = String::from("index,label,predicted\n");
-        for (i, (l, y)) in out.predictions.iter().enumerate() {
-            writeln!(preds, "{i},{l},{y}").expect("string write");
-        }
+        let run = RunKey {
+            dataset: &shard.reader.task().dataset,
+            pool: shard.pool,
+            base_model: &base.method,
+            method: &p.method,
+            budget: p.budget,
+            seed: ctx.run_seed(),
+            client: p.client,
+        };
         let mut ranks = String::from("method,budget,client_id,language,module,rank\n");
         for (m, r) in &out.ranks {
             writeln!(
@@ -169,21 +172,42 @@ impl StageKind for PersonalizeKind {
             )
             .expect("string write");
         }
-        let result = format!(
-            "dataset,pool,base_model,method,budget,seed,client_id,language,correct,total\n{},{},{},{},{},{},{},{lang},{},{}\n",
-            shard.reader.task().dataset,
-            shard.pool,
-            base.method,
-            p.method,
-            p.budget,
-            ctx.run_seed(),
-            p.client,
-            out.correct(),
-            out.predictions.len()
-        );
-        std::fs::write(ctx.out_dir().join("predictions.csv"), preds)?;
         std::fs::write(ctx.out_dir().join("ranks.csv"), ranks)?;
-        std::fs::write(ctx.out_dir().join("result.csv"), result)?;
+        match &out.predictions {
+            Outputs::Labels(labels) => {
+                let mut preds = String::from("index,label,predicted\n");
+                for (i, (l, y)) in labels.iter().enumerate() {
+                    writeln!(preds, "{i},{l},{y}").expect("string write");
+                }
+                std::fs::write(ctx.out_dir().join("predictions.csv"), preds)?;
+                let result = format!(
+                    "{},language,correct,total\n{},{lang},{},{}\n",
+                    RunKey::HEADER,
+                    run.csv(),
+                    out.correct(),
+                    labels.len()
+                );
+                std::fs::write(ctx.out_dir().join("result.csv"), result)?;
+                ctx.log(&format!(
+                    "client {} ({}, {lang}): {}/{} correct, mean train loss {}",
+                    p.client,
+                    shard.pool,
+                    out.correct(),
+                    labels.len(),
+                    out.mean_train_loss
+                ));
+            }
+            Outputs::Texts(texts) => {
+                write_generations(&ctx.out_dir().join(GENERATIONS_FILE), &run, &test, texts)?;
+                ctx.log(&format!(
+                    "client {} ({}, {lang}): {} generations, mean train loss {}",
+                    p.client,
+                    shard.pool,
+                    texts.len(),
+                    out.mean_train_loss
+                ));
+            }
+        }
         if let Some(l) = lambdas {
             let mut csv = String::from("client_id,language,position,lambda\n");
             for (i, v) in l.iter().flatten().enumerate() {
@@ -191,26 +215,80 @@ impl StageKind for PersonalizeKind {
             }
             std::fs::write(ctx.out_dir().join("lambdas.csv"), csv)?;
         }
-        ctx.log(&format!(
-            "client {} ({}, {lang}): {}/{} correct, mean train loss {}",
-            p.client,
-            shard.pool,
-            out.correct(),
-            out.predictions.len(),
-            out.mean_train_loss
-        ));
         Ok(())
     }
+}
+
+/// Which run an output row belongs to (the report's key columns).
+struct RunKey<'a> {
+    dataset: &'a str,
+    pool: &'a str,
+    base_model: &'a str,
+    method: &'a str,
+    budget: usize,
+    seed: u64,
+    client: u32,
+}
+
+impl RunKey<'_> {
+    const HEADER: &'static str = "dataset,pool,base_model,method,budget,seed,client_id";
+
+    fn csv(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{}",
+            self.dataset,
+            self.pool,
+            self.base_model,
+            self.method,
+            self.budget,
+            self.seed,
+            self.client
+        )
+    }
+}
+
+/// Per test example of a generation client: the run key, the example's own language, the
+/// greedy generation and the reference response (read by `score`).
+pub const GENERATIONS_FILE: &str = "generations.csv";
+
+fn write_generations(
+    path: &std::path::Path,
+    run: &RunKey<'_>,
+    test: &[Example],
+    texts: &[String],
+) -> Result<(), StageError> {
+    let mut w = csv::Writer::from_path(path).map_err(err)?;
+    let mut header: Vec<&str> = RunKey::HEADER.split(',').collect();
+    header.extend(["language", "index", "prediction", "reference"]);
+    w.write_record(&header).map_err(err)?;
+    let key = run.csv();
+    let key: Vec<&str> = key.split(',').collect();
+    for (i, (e, pred)) in test.iter().zip(texts).enumerate() {
+        let reference = e.text_b.as_deref().unwrap_or("").trim();
+        let index = i.to_string();
+        let mut row = key.clone();
+        row.extend([
+            e.language.as_str(),
+            index.as_str(),
+            pred.as_str(),
+            reference,
+        ]);
+        w.write_record(&row).map_err(err)?;
+    }
+    w.flush()?;
+    Ok(())
 }
 
 /// λ per module (r_max values each) that ranks were selected from.
 type Lambdas = Vec<Vec<f32>>;
 
 /// Runs `p.method`; also returns the λ the ranks were selected from (BayesTune methods).
+#[allow(clippy::too_many_arguments)]
 fn run_method(
     ctx: &StageContext,
     p: &PersonalizeParams,
-    model: ClassifierModel,
+    kind: TaskKind,
+    model: TaskModel,
     train: &[Example],
     test: &[Example],
     seed: u64,
@@ -221,7 +299,8 @@ fn run_method(
             budget: p.budget,
             epochs: p.epochs,
             lr: p.lr(),
-            batch_size: p.batch_size,
+            batch_size: p.task.batch_size(kind),
+            accumulate: p.task.accumulate(kind),
             bayestune: meta.bayestune(),
             init_seed,
             seed,
@@ -236,7 +315,8 @@ fn run_method(
                 budget: p.budget,
                 epochs: p.epochs,
                 lr: p.lr(),
-                batch_size: p.batch_size,
+                batch_size: p.task.batch_size(kind),
+                accumulate: p.task.accumulate(kind),
                 seed,
             };
             Ok((
@@ -249,7 +329,8 @@ fn run_method(
                 budget: p.budget,
                 epochs: p.epochs,
                 lr: p.lr(),
-                batch_size: p.batch_size,
+                batch_size: p.task.batch_size(kind),
+                accumulate: p.task.accumulate(kind),
                 seed,
             };
             Ok((
@@ -272,6 +353,19 @@ fn run_method(
             // The adapters' A is this run's own seeded draw (§4: restored, never re-drawn).
             let init_seed = derive_seed(seed, &["bayestune_init".into()]);
             ranked(lambdas, &meta, init_seed, model)
+        }
+        "fedl2p" => {
+            let up = upstream(ctx, "psg/fedl2p", p.client)?;
+            let run = Fedl2pRun {
+                budget: p.budget,
+                epochs: p.epochs,
+                batch_size: p.task.batch_size(kind),
+                accumulate: p.task.accumulate(kind),
+                seed,
+            };
+            let out =
+                super::fedl2p::personalize(ctx, up, p.client, &run, model, train, test, device)?;
+            Ok((out, None))
         }
         "bayestune_lora" => {
             let up = upstream(ctx, "lambda/bayestune", p.client)?;
@@ -327,10 +421,10 @@ impl StageKind for ReportKind {
         "report"
     }
     fn version(&self) -> u32 {
-        2
+        3
     }
     fn describe(&self) -> &'static str {
-        "result tables and plots from every upstream personalize result"
+        "result tables and plots from every upstream personalize result (and score stage)"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         typed_params::<ReportParams>(params).map(|_| ())
@@ -340,9 +434,15 @@ impl StageKind for ReportKind {
         let inputs = ctx.inputs_of_kind("personalize");
         if inputs.is_empty() {
             return Err(StageError::msg(format!(
-                "stage `{}` needs upstream `personalize` stages",
+                "stage `{}` needs upstream `personalize` stages (and a `score` stage for generation datasets)",
                 ctx.stage()
             )));
+        }
+        let mut generation = Vec::new();
+        for a in ctx.inputs_of_kind("score") {
+            generation.extend(
+                read_generation_scores(&a.dir.join(super::score::SCORES_FILE)).map_err(err)?,
+            );
         }
         let mut results = Vec::new();
         let mut ranks = Vec::new();
@@ -352,13 +452,18 @@ impl StageKind for ReportKind {
         let mut seen_ranks = BTreeSet::new();
         let mut seen_lambdas = BTreeSet::new();
         for a in inputs {
-            let res = read_classification_results(&a.dir.join("result.csv")).map_err(err)?;
-            let is_psg = res.iter().any(|r| r.method == Method::FedP2eft);
-            results.extend(res);
+            // Classification instances carry their accuracy counts; generation ones are scored
+            // by the `score` stage.
+            let result_file = a.dir.join("result.csv");
+            if result_file.is_file() {
+                results.extend(read_classification_results(&result_file).map_err(err)?);
+            }
             let rank_file = a.dir.join("ranks.csv");
+            let mut is_psg = false;
             if rank_file.is_file() {
                 let recs = read_rank_records(&rank_file).map_err(err)?;
                 if let Some(r) = recs.first() {
+                    is_psg = r.method == Method::FedP2eft;
                     if seen_ranks.insert((r.method, r.budget, r.client_id.clone())) {
                         ranks.extend(recs);
                     }
@@ -381,6 +486,7 @@ impl StageKind for ReportKind {
         let written = write_report(
             &ReportInputs {
                 classification: &results,
+                generation: &generation,
                 ranks: &ranks,
                 lambdas: &lambdas,
                 ..ReportInputs::default()
@@ -390,8 +496,9 @@ impl StageKind for ReportKind {
         )
         .map_err(err)?;
         ctx.log(&format!(
-            "{} results, {} rank records, {} λ vectors, {} files",
+            "{} classification results, {} generation scores, {} rank records, {} λ vectors, {} files",
             results.len(),
+            generation.len(),
             ranks.len(),
             lambdas.len(),
             written.len()
@@ -402,4 +509,21 @@ impl StageKind for ReportKind {
 
 fn err(e: impl std::fmt::Display) -> StageError {
     StageError(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattened_task_options_keep_unknown_fields_rejected() {
+        let ok = serde_json::json!({"method": "lora", "budget": 2, "client": 0, "max_len": 64});
+        let p: PersonalizeParams = typed_params(&ok).unwrap();
+        assert_eq!(p.task.max_len, Some(64));
+        let bad = serde_json::json!({"method": "lora", "budget": 2, "client": 0, "max_lne": 64});
+        let e = typed_params::<PersonalizeParams>(&bad)
+            .err()
+            .expect("rejected");
+        assert!(e.message.contains("max_lne"), "{}", e.message);
+    }
 }

@@ -11,11 +11,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use datasets::{PoolReader, Split};
+use datasets::{Split, TaskKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stages::base_model::device_from_name;
-use stages::fl::classifier_client::ShardLoader;
 use stages::fl::psg_client::{PsgClient, PsgRun};
 use stages::fl::{rounds_csv, run_rounds, EngineConfig, EngineState, Weights};
 use stages::methods::all_linear;
@@ -27,25 +26,34 @@ use stages::peft::bayestune::BayesTuneConfig;
 use stages::psg::{init_psg, load_psg, PsgConfig};
 use stages::Device;
 
-use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact};
+use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact, SeenPool};
+use super::task::TaskOptions;
 use crate::context::StageContext;
-use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
+use crate::registry::{
+    require_positive, typed_params, ParamError, PlanInputs, Registry, StageError, StageKind,
+};
 
 pub fn register(r: &mut Registry) {
     r.register(Arc::new(FedP2eftKind));
     r.register(Arc::new(Stage1Kind));
 }
 
-/// Stage-1 settings shared by both kinds (PAPER_NOTES §3 defaults).
+/// Stage-1 settings shared by both kinds (PAPER_NOTES §3 defaults; sequence length, batch and
+/// accumulation default per task, see `kinds::task`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Stage1Params {
     #[serde(default = "d_epochs")]
     epochs: usize,
-    #[serde(default = "d_batch")]
-    batch_size: usize,
-    #[serde(default = "d_max_len")]
-    max_len: usize,
+    // The `TaskOptions` fields, spelled out: serde cannot reject unknown fields through two
+    // levels of `flatten`.
+    #[serde(default)]
+    max_len: Option<usize>,
+    #[serde(default)]
+    batch_size: Option<usize>,
+    #[serde(default)]
+    accumulate: Option<usize>,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
     #[serde(default = "d_r_max")]
     r_max: usize,
     #[serde(default = "d_alpha")]
@@ -60,12 +68,6 @@ struct Stage1Params {
 
 fn d_epochs() -> usize {
     2
-}
-fn d_batch() -> usize {
-    32
-}
-fn d_max_len() -> usize {
-    128
 }
 fn d_r_max() -> usize {
     32
@@ -99,33 +101,32 @@ fn d_reg_lr() -> f64 {
 }
 
 impl Stage1Params {
+    fn task(&self) -> TaskOptions {
+        TaskOptions {
+            max_len: self.max_len,
+            batch_size: self.batch_size,
+            accumulate: self.accumulate,
+            max_new_tokens: self.max_new_tokens,
+        }
+    }
+
     fn check(&self) -> Result<(), ParamError> {
-        if self.epochs == 0 || self.batch_size == 0 || self.r_max == 0 {
+        if self.epochs == 0 || self.r_max == 0 {
             return Err(ParamError::new(
                 Some("epochs"),
-                "`epochs`, `batch_size` and `r_max` must be ≥ 1",
+                "`epochs` and `r_max` must be ≥ 1",
             ));
         }
-        if self.max_len < 4 {
-            return Err(ParamError::new(Some("max_len"), "`max_len` must be ≥ 4"));
-        }
-        for (name, v) in [
+        self.task().check()?;
+        require_positive(&[
             ("alpha", self.alpha),
             ("lr_adapter", self.lr_adapter),
             ("lr_lambda", self.lr_lambda),
             ("clip_norm", self.clip_norm),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return Err(ParamError::new(
-                    Some(name),
-                    format!("`{name}` must be positive"),
-                ));
-            }
-        }
-        Ok(())
+        ])
     }
 
-    fn config(&self) -> Stage1Config {
+    fn config(&self, kind: TaskKind) -> Stage1Config {
         Stage1Config {
             bayestune: BayesTuneConfig {
                 r_max: self.r_max,
@@ -133,7 +134,8 @@ impl Stage1Params {
                 ..BayesTuneConfig::default()
             },
             epochs: self.epochs,
-            batch_size: self.batch_size,
+            batch_size: self.task().batch_size(kind),
+            accumulate: self.task().accumulate(kind),
             lr_adapter: self.lr_adapter,
             lr_lambda: self.lr_lambda,
             clip_norm: self.clip_norm,
@@ -147,6 +149,9 @@ impl Stage1Params {
 pub struct AdapterMeta {
     /// Adapted linears (PSG: L).
     pub modules: usize,
+    /// Base linears the PSG's meta-data observe (BERT: = modules; LLaMA: + lm_head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<usize>,
     pub r_max: usize,
     pub alpha: f64,
     /// Seed of the adapters' initial A (Stage 1 only; pruning restores rows of it).
@@ -199,7 +204,7 @@ impl StageKind for FedP2eftKind {
         "psg/fedp2eft"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn describe(&self) -> &'static str {
         "FedP2EFT: federated training of the PS generator (Stage 1 BayesTune + Stage 2 regression)"
@@ -230,18 +235,16 @@ impl StageKind for FedP2eftKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: PsgParams = ctx.params()?;
         let device = device_from_name(ctx.device()).map_err(err)?;
-        let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
-        let pool = PoolReader::open(part.join("seen.parquet"))?;
-        let labels = pool.labels().to_vec();
         let base = BaseArtifact::of(ctx)?;
-        let clients: Vec<u32> = pool.clients().iter().map(|c| c.client_id).collect();
-        let first = *clients
-            .first()
-            .ok_or_else(|| StageError::msg("the seen pool has no clients"))?;
-        let loader = base.loader(&labels, p.stage1.max_len, &device)?;
-        let modules = all_linear(&*loader(first).map_err(StageError)?).len();
-        let mut run = PsgRun::paper(modules, ctx.derive_seed(&["bayestune_init".into()]));
-        run.stage1 = p.stage1.config();
+        let seen = SeenPool::open(ctx, &base, &p.stage1.task())?;
+        let loader = base.loader(&seen.setup, &device)?;
+        let (observed, modules) = seen.linears(&loader)?;
+        let mut run = PsgRun::paper(
+            observed,
+            modules,
+            ctx.derive_seed(&["bayestune_init".into()]),
+        );
+        run.stage1 = p.stage1.config(seen.kind);
         run.psg.r_max = p.stage1.r_max;
         run.regression_steps = p.regression_steps;
         run.regression_lr = p.regression_lr;
@@ -262,17 +265,12 @@ impl StageKind for FedP2eftKind {
             // same clients each round.
             seed: ctx.shared_seed(&["psg_fl".into()]),
         };
-        let pool_ref = &pool;
-        let shards: ShardLoader<'_> = Box::new(move |c| {
-            pool_ref
-                .load_client(c, Split::Train)
-                .map_err(|e| e.to_string())
-        });
+        let shards = seen.train_shards();
         let mut client = PsgClient::new(loader, shards, run, device.clone());
         let bar = ctx.progress(p.rounds, "rounds").clone();
         bar.set(state.round);
         let ctx_ref = &*ctx;
-        let state = run_rounds(&engine, &clients, &mut client, state, |s| {
+        let state = run_rounds(&engine, &seen.clients, &mut client, state, |s| {
             ctx_ref
                 .checkpoint(&s.to_bytes().map_err(|e| e.to_string())?)
                 .map_err(|e| e.0)?;
@@ -285,6 +283,7 @@ impl StageKind for FedP2eftKind {
         write_weights(&state.global, &dir.join("model.safetensors"))?;
         AdapterMeta {
             modules,
+            observed: (observed != modules).then_some(observed),
             r_max: run.psg.r_max,
             alpha: p.stage1.alpha,
             init_seed: None,
@@ -314,6 +313,7 @@ pub fn read_psg(
     let meta = AdapterMeta::read(&dir.join("psg").join("config.json"))?;
     let store = load_psg(&dir.join("psg").join("model.safetensors"), device).map_err(err)?;
     let cfg = PsgConfig {
+        observed: meta.observed.unwrap_or(meta.modules),
         modules: meta.modules,
         r_max: meta.r_max,
     };
@@ -334,7 +334,7 @@ impl StageKind for Stage1Kind {
         "lambda/bayestune"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn describe(&self) -> &'static str {
         "BayesTune-LoRA Stage 1 on one client (λ init 1e-4), once for all budgets"
@@ -364,11 +364,12 @@ impl StageKind for Stage1Kind {
         let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
         let shard = find_client(&part, p.client)?;
         let base = BaseArtifact::of(ctx)?;
-        let model = base.load(p.client, shard.reader.labels(), p.stage1.max_len, &device)?;
+        let setup = p.stage1.task().setup(&shard.reader, base.prompt()?);
+        let model = base.load(p.client, &setup, &device)?;
         let train = shard.reader.load_client(p.client, Split::Train)?;
         let init_seed = ctx.derive_seed(&["bayestune_init".into()]);
         let seed = ctx.derive_seed(&["client".into(), u64::from(p.client).into()]);
-        let cfg = p.stage1.config();
+        let cfg = p.stage1.config(shard.reader.task().kind);
         let out = train_stage1(&model, &train, &cfg, &LambdaInit::Constant, init_seed, seed)
             .map_err(err)?;
         let modules = all_linear(&model);
@@ -380,6 +381,7 @@ impl StageKind for Stage1Kind {
         .map_err(err)?;
         AdapterMeta {
             modules: modules.len(),
+            observed: None,
             r_max: cfg.bayestune.r_max,
             alpha: cfg.bayestune.alpha,
             init_seed: Some(init_seed),

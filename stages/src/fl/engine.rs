@@ -121,6 +121,10 @@ pub struct EngineState {
 struct StateHeader {
     round: u64,
     metrics: Vec<RoundMetrics>,
+    /// The exact bits of every round's `eval`: serde_json's default float parsing can be one
+    /// ulp off, and a resumed run must see the values it computed (FedL2P stops early on them).
+    #[serde(default)]
+    eval_bits: Vec<Option<u64>>,
 }
 
 const MAGIC: &[u8; 8] = b"FLSTATE1";
@@ -142,6 +146,11 @@ impl EngineState {
         let header = serde_json::to_vec(&StateHeader {
             round: self.round,
             metrics: self.metrics.clone(),
+            eval_bits: self
+                .metrics
+                .iter()
+                .map(|m| m.eval.map(f64::to_bits))
+                .collect(),
         })
         .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
         let mut tensors = HashMap::new();
@@ -172,8 +181,13 @@ impl EngineState {
             .checked_add(len)
             .filter(|&e| e <= bytes.len())
             .ok_or_else(|| bad("truncated header"))?;
-        let header: StateHeader = serde_json::from_slice(&bytes[16..body_at])
+        let mut header: StateHeader = serde_json::from_slice(&bytes[16..body_at])
             .map_err(|e| EngineError::Checkpoint(format!("header: {e}")))?;
+        if header.eval_bits.len() == header.metrics.len() {
+            for (m, bits) in header.metrics.iter_mut().zip(&header.eval_bits) {
+                m.eval = bits.map(f64::from_bits);
+            }
+        }
         let tensors = tensors_from_bytes(&bytes[body_at..], device)?;
         let mut global = Weights::new();
         let mut persistent: BTreeMap<u32, Weights> = BTreeMap::new();
@@ -413,6 +427,22 @@ mod tests {
             .persistent
             .values()
             .any(|p| p["count"].to_vec1::<f32>().unwrap()[0] > 1.0));
+    }
+
+    #[test]
+    fn evaluation_values_survive_the_checkpoint_bit_for_bit() {
+        let mut s = init();
+        // serde_json alone parses this back one ulp off.
+        let v = 1.9441486597061157f64;
+        s.metrics.push(RoundMetrics {
+            round: 1,
+            mean_train_loss: 0.5,
+            clients: vec![1],
+            wall_s: 0.0,
+            eval: Some(v),
+        });
+        let back = EngineState::from_bytes(&s.to_bytes().unwrap(), &Device::Cpu).unwrap();
+        assert_eq!(back.metrics[0].eval.map(f64::to_bits), Some(v.to_bits()));
     }
 
     #[test]

@@ -7,13 +7,14 @@
 use candle_core::DType;
 use datasets::Example;
 
-use super::classifier_client::{train_local, LocalSgdConfig, ShardLoader};
 use super::engine::{ClientRound, ClientUpdate, LocalTrainer, Weights};
+use super::fedavg_client::{train_local, LocalSgdConfig, ShardLoader};
 use crate::model::bert::{BertConfig, BertForSequenceClassification};
 use crate::params::ParamStore;
 use crate::peft::lora::{add_lora, merge_into_store, TargetModules};
 use crate::peft::{is_adapter_param, AdapterKind, AdapterSpec, LinearShape};
 use crate::rng::derive_seed;
+use crate::task::{classifier_batch, Batch, Net};
 use crate::tokenize::TextTokenizer;
 
 /// FedDPA-T adapter settings.
@@ -122,7 +123,20 @@ impl<'a> FedDpaClient<'a> {
     fn phase(&self, store: &ParamStore, examples: &[Example], seed: u64) -> Result<f32, String> {
         let model = BertForSequenceClassification::load(store, &self.config, &self.dpa.spec())
             .map_err(|e| e.to_string())?;
-        train_local(&model, store, examples, &self.tokenizer, &self.sgd, seed)
+        let (tok, device) = (&self.tokenizer, store.device());
+        let batch = |ex: &[Example], idx: &[usize]| {
+            classifier_batch(ex, idx, tok, device).map(Batch::Classifier)
+        };
+        train_local(
+            &Net::Bert(model),
+            &batch,
+            store,
+            examples,
+            &self.sgd,
+            self.sgd.lr,
+            seed,
+        )
+        .map(|(loss, _)| loss)
     }
 }
 
@@ -208,12 +222,7 @@ mod tests {
         let mut store = random_init(&cfg, 2, 4, &Device::Cpu, DType::F32).unwrap();
         let dpa = DpaConfig::paper();
         add_qv_lora(&mut store, &cfg, 2, &dpa, 8).unwrap();
-        let sgd = LocalSgdConfig {
-            lr: 1e-2,
-            weight_decay: 0.0,
-            epochs: 1,
-            batch_size: 3,
-        };
+        let sgd = LocalSgdConfig::epochs(1e-2, 0.0, 1, 3);
         FedDpaClient::new(store, cfg, 2, dpa, tok, sgd, Box::new(|c| Ok(shard(c))), 99)
     }
 

@@ -2,16 +2,18 @@
 //! sample-count-weighted FedAvg, and the round loop the base-model and PSG stages drive.
 
 pub mod aggregate;
-pub mod classifier_client;
 pub mod engine;
+pub mod fedavg_client;
 pub mod feddpa_client;
+pub mod fedl2p_client;
+pub mod meta_client;
 pub mod psg_client;
 pub mod sampling;
 
 pub use aggregate::{FedAvg, FlError};
-pub use classifier_client::{ClassifierClient, LocalSgdConfig};
 pub use engine::{
     rounds_csv, run_rounds, ClientRound, ClientUpdate, EngineConfig, EngineError, EngineState,
     LocalTrainer, RoundMetrics, Weights,
 };
+pub use fedavg_client::{FedAvgClient, LocalSgdConfig, RoundLr};
 pub use sampling::sample_clients;

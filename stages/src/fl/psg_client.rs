@@ -2,18 +2,20 @@
 //! the client's train set from λ₀ → Stage 2: ten Adam steps of summed-L1 regression of the PSG
 //! onto the trained (unclamped) λ → the PSG weights go back for FedAvg by sample count.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::classifier_client::ShardLoader;
-use super::engine::{ClientRound, ClientUpdate, LocalTrainer, Weights};
-use crate::base_model::ClassifierModel;
+#[cfg(test)]
+use super::engine::Weights;
+use super::engine::{ClientRound, ClientUpdate, LocalTrainer};
+use super::fedavg_client::ShardLoader;
+use super::meta_client::{store_update, trainable_store, FeatureCache};
 use crate::methods::meta_features;
 use crate::methods::stage1::{train_stage1, LambdaInit, Stage1Config};
 use crate::params::ParamStore;
 use crate::psg::{regress, Psg, PsgConfig};
+use crate::task::TaskModel;
 
 /// Settings of a PSG round; [`PsgRun::paper`] is PAPER_NOTES §5.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,10 +30,12 @@ pub struct PsgRun {
 }
 
 impl PsgRun {
-    pub fn paper(modules: usize, init_seed: u64) -> Self {
+    /// `observed` base linears feed the meta-data; `modules` are adapted.
+    pub fn paper(observed: usize, modules: usize, init_seed: u64) -> Self {
         let stage1 = Stage1Config::default();
         Self {
             psg: PsgConfig {
+                observed,
                 modules,
                 r_max: stage1.bayestune.r_max,
             },
@@ -44,7 +48,7 @@ impl PsgRun {
 }
 
 /// A client's base model by id: the shared base, or the client's own (DEPT, FedDPA-T).
-pub type BaseLoader<'a> = Box<dyn Fn(u32) -> Result<Arc<ClassifierModel>, String> + 'a>;
+pub type BaseLoader<'a> = Box<dyn Fn(u32) -> Result<Arc<TaskModel>, String> + 'a>;
 
 /// [`LocalTrainer`] of the federated PSG training. Meta-data are cached per client: the base
 /// model never changes during PSG training, so they are the same every round.
@@ -53,7 +57,7 @@ pub struct PsgClient<'a> {
     shards: ShardLoader<'a>,
     run: PsgRun,
     device: Device,
-    features: HashMap<u32, Tensor>,
+    features: FeatureCache,
 }
 
 impl<'a> PsgClient<'a> {
@@ -62,8 +66,8 @@ impl<'a> PsgClient<'a> {
             base,
             shards,
             run,
+            features: FeatureCache::new(&device),
             device,
-            features: HashMap::new(),
         }
     }
 }
@@ -75,25 +79,8 @@ impl LocalTrainer for PsgClient<'_> {
         if train.is_empty() {
             return Err("no training examples".into());
         }
-        let feats = match self.features.get(&ctx.client) {
-            Some(f) => f.clone(),
-            None => {
-                let f = meta_features(&model, &train)
-                    .and_then(|f| {
-                        f.to_device(&self.device)
-                            .map_err(|e| step_err(e.to_string()))
-                    })
-                    .map_err(|e| e.to_string())?;
-                self.features.insert(ctx.client, f.clone());
-                f
-            }
-        };
-        let mut store = ParamStore::new(&self.device);
-        for (k, t) in ctx.global {
-            store
-                .insert(k, t.clone(), true)
-                .map_err(|e| e.to_string())?;
-        }
+        let feats = self.features.get(ctx.client, &model, &train)?;
+        let store = trainable_store(ctx.global, &self.device)?;
         let psg = Psg::load(&store, &self.run.psg).map_err(|e| e.to_string())?;
         let lambda0 = psg
             .forward(&feats)
@@ -120,24 +107,7 @@ impl LocalTrainer for PsgClient<'_> {
             self.run.regression_lr,
         )
         .map_err(|e| format!("PSG regression: {e}"))?;
-        let weights: Weights = store
-            .export(|_| true)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
-        Ok(ClientUpdate {
-            weights,
-            n_examples: train.len() as u64,
-            mean_loss: s1.mean_loss,
-            persistent: None,
-        })
-    }
-}
-
-fn step_err(message: String) -> crate::personalize::PersonalizeError {
-    crate::personalize::PersonalizeError::Step {
-        step: "meta-data",
-        message,
+        store_update(&store, train.len(), s1.mean_loss)
     }
 }
 
@@ -146,7 +116,7 @@ fn step_err(message: String) -> crate::personalize::PersonalizeError {
 pub fn psg_lambdas(
     psg_store: &ParamStore,
     cfg: &PsgConfig,
-    model: &ClassifierModel,
+    model: &TaskModel,
     train: &[datasets::Example],
 ) -> Result<Vec<Vec<f32>>, String> {
     let feats = meta_features(model, train)
@@ -170,7 +140,7 @@ mod tests {
     use crate::psg::init_psg;
 
     fn run() -> PsgRun {
-        let mut r = PsgRun::paper(8, 7);
+        let mut r = PsgRun::paper(8, 8, 7);
         r.psg.r_max = 4;
         r.stage1.bayestune = BayesTuneConfig {
             r_max: 4,

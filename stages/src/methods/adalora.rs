@@ -7,13 +7,12 @@ use candle_core::DType;
 use datasets::Example;
 
 use super::{all_linear, frozen_store, step};
-use crate::base_model::ClassifierModel;
 use crate::fit::{fit, total_steps, Fit};
-use crate::model::bert::BertForSequenceClassification;
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::peft::adalora::{add_adalora, AdaLoraConfig, RankAllocator};
 use crate::peft::lora::merge_into_store;
-use crate::personalize::{predict, Personalized, Result};
+use crate::personalize::{evaluate, Personalized, Result};
+use crate::task::TaskModel;
 use crate::train::Regulariser;
 
 /// AdaLoRA run settings (§6: lr 1e-3, 2 epochs).
@@ -24,12 +23,14 @@ pub struct AdaLoraRun {
     pub epochs: usize,
     pub lr: f64,
     pub batch_size: usize,
+    /// Micro-batches per optimiser step (Fed-Aya: 4 × 4).
+    pub accumulate: usize,
     /// Seeds the adapter init, shuffling and dropout.
     pub seed: u64,
 }
 
 pub fn personalize_adalora(
-    model: ClassifierModel,
+    model: TaskModel,
     train: &[Example],
     test: &[Example],
     run: &AdaLoraRun,
@@ -39,7 +40,13 @@ pub fn personalize_adalora(
         // init_r = ⌊1.5·r_b⌋ must exceed r_b for the allocator to have anything to prune.
         return Err(s(format!("budget {} must be ≥ 2", run.budget)));
     }
-    let steps = total_steps(train.len(), run.epochs, run.batch_size);
+    let train = &model.trainable(train).map_err(&s)?;
+    let batch = |ex: &[Example], idx: &[usize]| model.batch(ex, idx);
+    let plain = Fit {
+        accumulate: run.accumulate,
+        ..Fit::plain(&batch, run.epochs, run.batch_size)
+    };
+    let steps = total_steps(train.len(), &plain);
     let cfg = AdaLoraConfig::for_budget(run.budget, steps);
     let modules = all_linear(&model);
     let mut store = frozen_store(&model)?;
@@ -48,8 +55,7 @@ pub fn personalize_adalora(
         .map_err(|e| s(e.to_string()))?;
     let mut allocator = RankAllocator::new(cfg, &store, &modules).map_err(|e| s(e.to_string()))?;
     let spec = cfg.spec();
-    let net = BertForSequenceClassification::load(&store, &model.config, &spec)
-        .map_err(|e| s(e.to_string()))?;
+    let net = model.net(&store, &spec).map_err(&s)?;
     let mut opt = Adam::new(
         AdamConfig::adamw(),
         vec![ParamGroup {
@@ -63,16 +69,12 @@ pub fn personalize_adalora(
     // and the model (and the regulariser's borrow of `store`) see every update.
     let mut masks = store.clone();
     let fit_cfg = Fit {
-        tokenizer: &model.tokenizer,
-        device: store.device(),
-        epochs: run.epochs,
-        batch_size: run.batch_size,
         reg: Regulariser::AdaLoraOrth {
             store: &store,
             modules: &modules,
             weight: cfg.orth_reg_weight,
         },
-        clip: None,
+        ..plain
     };
     let loss = fit(&net, train, &mut opt, &fit_cfg, run.seed, |step, grads| {
         allocator
@@ -105,8 +107,7 @@ pub fn personalize_adalora(
         })
         .collect();
     merge_into_store(&mut store, &modules, &spec).map_err(|e| s(e.to_string()))?;
-    let merged = ClassifierModel { store, ..model };
-    let predictions = predict(&merged, test, run.batch_size)?;
+    let predictions = evaluate(&model, &store, test, run.batch_size)?;
     Ok(Personalized {
         predictions,
         ranks,
@@ -127,6 +128,7 @@ mod tests {
             epochs: 2,
             lr: 1e-3,
             batch_size: 4,
+            accumulate: 1,
             seed: 5,
         };
         // 8 steps: tinit 0, tfinal 2 → the final pattern is fixed at step 6.

@@ -4,6 +4,7 @@
 //! takes the client's base model by value or reference and leaves the caller's weights alone.
 
 pub mod adalora;
+pub mod fedl2p;
 pub mod ranked;
 pub mod stage1;
 #[cfg(test)]
@@ -12,28 +13,24 @@ pub(crate) mod testutil;
 use candle_core::Tensor;
 use datasets::Example;
 
-use crate::base_model::ClassifierModel;
-use crate::fl::classifier_client::classifier_batch;
-use crate::model::bert::BertForSequenceClassification;
 use crate::params::ParamStore;
-use crate::peft::lora::TargetModules;
 use crate::peft::{AdapterSpec, LinearShape};
 use crate::personalize::{PersonalizeError, Result};
+use crate::task::TaskModel;
 
 fn step(step: &'static str) -> impl Fn(String) -> PersonalizeError {
     move |message| PersonalizeError::Step { step, message }
 }
 
-/// Every linear of the classifier (attention, FFN, pooler, classifier: PEFT `all-linear`
-/// without a task type, PAPER_NOTES §3), in module order.
-pub fn all_linear(model: &ClassifierModel) -> Vec<LinearShape> {
-    TargetModules::AllLinear.select(&model.config.linear_modules(model.config.num_labels()))
+/// Every linear the methods adapt (PEFT `all-linear`, PAPER_NOTES §3), in module order.
+pub fn all_linear(model: &TaskModel) -> Vec<LinearShape> {
+    model.all_linear()
 }
 
 /// A copy of the model's store with every base parameter frozen (tensors are shared, so this
 /// is cheap; adapters added to the copy never touch the caller's store).
-pub fn frozen_store(model: &ClassifierModel) -> Result<ParamStore> {
-    let mut store = model.store.clone();
+pub fn frozen_store(model: &TaskModel) -> Result<ParamStore> {
+    let mut store = model.store().clone();
     store
         .set_trainable(|_| false)
         .map_err(|e| step("freeze")(e.to_string()))?;
@@ -43,18 +40,16 @@ pub fn frozen_store(model: &ClassifierModel) -> Result<ParamStore> {
 /// Batch size of the meta-data pass [code] (PAPER_NOTES §5).
 pub const META_BATCH: usize = 4;
 
-/// The client's meta-data (PAPER_NOTES §5): mean/SD of every linear's input over its train
-/// set, in batches of 4, adapters off. Shape (1, 2L).
-pub fn meta_features(model: &ClassifierModel, train: &[Example]) -> Result<Tensor> {
+/// The client's meta-data (PAPER_NOTES §5): mean/SD of every base linear's input over its
+/// train set, in batches of 4, adapters off. Shape (1, 2 × observed linears).
+pub fn meta_features(model: &TaskModel, train: &[Example]) -> Result<Tensor> {
     let s = step("meta-data");
-    let net = BertForSequenceClassification::load(&model.store, &model.config, &AdapterSpec::NONE)
-        .map_err(|e| s(e.to_string()))?;
+    let net = model.net(model.store(), &AdapterSpec::NONE).map_err(&s)?;
+    let train = model.trainable(train).map_err(&s)?;
     let idx: Vec<usize> = (0..train.len()).collect();
     let mut batches = Vec::new();
     for chunk in idx.chunks(META_BATCH) {
-        let b =
-            classifier_batch(train, chunk, &model.tokenizer, model.store.device()).map_err(&s)?;
-        batches.push(b.input);
+        batches.push(model.batch(&train, chunk).map_err(&s)?);
     }
     crate::psg::client_features(&net, &batches).map_err(|e| s(e.to_string()))
 }

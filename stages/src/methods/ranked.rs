@@ -7,9 +7,7 @@ use candle_core::{DType, Tensor};
 use datasets::Example;
 
 use super::{all_linear, frozen_store, step};
-use crate::base_model::ClassifierModel;
 use crate::fit::{fit, Fit};
-use crate::model::bert::BertForSequenceClassification;
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
 use crate::peft::bayestune::{
@@ -17,8 +15,8 @@ use crate::peft::bayestune::{
 };
 use crate::peft::lora::merge_into_store;
 use crate::peft::LinearShape;
-use crate::personalize::{predict, Personalized, Result};
-use crate::train::Regulariser;
+use crate::personalize::{evaluate, Personalized, Result};
+use crate::task::TaskModel;
 
 /// Fine-tuning settings of the selected adapters (§4: 2 epochs, lr 1e-4, AdamW wd 0).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +26,8 @@ pub struct RankedRun {
     pub epochs: usize,
     pub lr: f64,
     pub batch_size: usize,
+    /// Micro-batches per optimiser step (Fed-Aya: 4 × 4).
+    pub accumulate: usize,
     /// r_max, α (s = α / r_max stays fixed after pruning) and dropout of the adapters.
     pub bayestune: BayesTuneConfig,
     /// Seed of the initial A (restored rows come from it).
@@ -46,7 +46,7 @@ pub struct Selection {
 
 /// Steps 1–3 of §4 on a copy of `model`'s weights. `lambdas` holds r_max values per module in
 /// module order (`methods::all_linear`).
-pub fn select(model: &ClassifierModel, lambdas: &[Vec<f32>], run: &RankedRun) -> Result<Selection> {
+pub fn select(model: &TaskModel, lambdas: &[Vec<f32>], run: &RankedRun) -> Result<Selection> {
     let s = step("rank selection");
     let modules = all_linear(model);
     let r_max = run.bayestune.r_max;
@@ -96,14 +96,13 @@ pub fn select(model: &ClassifierModel, lambdas: &[Vec<f32>], run: &RankedRun) ->
 
 /// Step 4 of §4: fine-tunes the selection's A and B (λ stays frozen); returns the mean loss.
 pub fn fine_tune(
-    model: &ClassifierModel,
+    model: &TaskModel,
     sel: &Selection,
     train: &[Example],
     run: &RankedRun,
 ) -> Result<f32> {
     let ft = step("fine-tune");
-    let net = BertForSequenceClassification::load(&sel.store, &model.config, &run.bayestune.spec())
-        .map_err(|e| ft(e.to_string()))?;
+    let net = model.net(&sel.store, &run.bayestune.spec()).map_err(&ft)?;
     let mut opt = Adam::new(
         AdamConfig::adamw(),
         vec![ParamGroup {
@@ -113,20 +112,18 @@ pub fn fine_tune(
         }],
     )
     .map_err(|e| ft(e.to_string()))?;
+    let train = model.trainable(train).map_err(&ft)?;
+    let batch = |ex: &[Example], idx: &[usize]| model.batch(ex, idx);
     let cfg = Fit {
-        tokenizer: &model.tokenizer,
-        device: sel.store.device(),
-        epochs: run.epochs,
-        batch_size: run.batch_size,
-        reg: Regulariser::None,
-        clip: None,
+        accumulate: run.accumulate,
+        ..Fit::plain(&batch, run.epochs, run.batch_size)
     };
-    fit(&net, train, &mut opt, &cfg, run.seed, |_, _| Ok(())).map_err(ft)
+    fit(&net, &train, &mut opt, &cfg, run.seed, |_, _| Ok(())).map_err(ft)
 }
 
 /// Selects, fine-tunes, merges and evaluates on `test`.
 pub fn personalize_ranked(
-    model: ClassifierModel,
+    model: TaskModel,
     train: &[Example],
     test: &[Example],
     lambdas: &[Vec<f32>],
@@ -142,11 +139,7 @@ pub fn personalize_ranked(
         .zip(&sel.kept)
         .map(|(m, k)| (m.name.clone(), k.len()))
         .collect();
-    let merged = ClassifierModel {
-        store: sel.store,
-        ..model
-    };
-    let predictions = predict(&merged, test, run.batch_size)?;
+    let predictions = evaluate(&model, &sel.store, test, run.batch_size)?;
     Ok(Personalized {
         predictions,
         ranks,
@@ -158,9 +151,9 @@ pub fn personalize_ranked(
 mod tests {
     use super::*;
     use crate::methods::testutil::{examples, tiny_model};
-    use crate::model::bert::BertInput;
     use crate::peft::layer::ForwardCtx;
     use crate::peft::{a_name, lambda_name, AdapterSpec};
+    use crate::task::{bert_input, Net};
 
     fn run(budget: usize) -> RankedRun {
         RankedRun {
@@ -168,6 +161,7 @@ mod tests {
             epochs: 2,
             lr: 1e-2,
             batch_size: 4,
+            accumulate: 1,
             bayestune: BayesTuneConfig {
                 r_max: 4,
                 alpha: 8.0,
@@ -209,12 +203,7 @@ mod tests {
         let kept2: Vec<usize> = sel2.kept.iter().map(Vec::len).collect();
         assert_eq!(kept2.iter().sum::<usize>(), 16);
         assert_eq!(kept2, vec![4, 4, 4, 4, 0, 0, 0, 0]);
-        let net = BertForSequenceClassification::load(
-            &sel.store,
-            &model.config,
-            &run(1).bayestune.spec(),
-        )
-        .unwrap();
+        let net = model.net(&sel.store, &run(1).bayestune.spec()).unwrap();
         for (l, k) in net.linears().iter().zip(&kept) {
             assert_eq!(l.has_adapter(), *k > 0, "{}", l.name());
             assert_eq!(l.rank(), *k, "{}", l.name());
@@ -269,22 +258,17 @@ mod tests {
             "A trains"
         );
 
-        let batch = crate::fl::classifier_client::classifier_batch(
-            &examples(5, 1),
-            &[0, 1, 2, 3, 4],
-            &model.tokenizer,
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        let logits = |store: &ParamStore, spec: &AdapterSpec, input: &BertInput| {
-            BertForSequenceClassification::load(store, &model.config, spec)
-                .unwrap()
-                .forward(input, &ForwardCtx::eval())
+        let batch = model.batch(&examples(5, 1), &[0, 1, 2, 3, 4]).unwrap();
+        let logits = |store: &ParamStore, spec: &AdapterSpec| {
+            let Net::Bert(net) = model.net(store, spec).unwrap() else {
+                unreachable!("a classifier")
+            };
+            net.forward(bert_input(&batch).unwrap(), &ForwardCtx::eval())
                 .unwrap()
         };
-        let unmerged = logits(&sel.store, &r.bayestune.spec(), &batch.input);
+        let unmerged = logits(&sel.store, &r.bayestune.spec());
         merge_into_store(&mut sel.store, &sel.modules, &r.bayestune.spec()).unwrap();
-        let merged = logits(&sel.store, &AdapterSpec::NONE, &batch.input);
+        let merged = logits(&sel.store, &AdapterSpec::NONE);
         let d: f32 = (unmerged - merged)
             .unwrap()
             .abs()
@@ -299,7 +283,8 @@ mod tests {
     #[test]
     fn without_training_the_merged_model_predicts_like_the_base() {
         let test = examples(9, 1);
-        let base = predict(&tiny_model(), &test, 4).unwrap();
+        let m = tiny_model();
+        let base = evaluate(&m, m.store(), &test, 4).unwrap();
         let r = RankedRun {
             epochs: 0,
             ..run(2)

@@ -8,13 +8,12 @@ use candle_core::{DType, Tensor, Var};
 use datasets::Example;
 
 use super::{all_linear, frozen_store, step};
-use crate::base_model::ClassifierModel;
 use crate::fit::{fit, Fit};
-use crate::model::bert::BertForSequenceClassification;
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::peft::bayestune::{add_bayestune, lambdas, set_lambdas_flat, BayesTuneConfig};
 use crate::peft::is_adapter_param;
 use crate::personalize::Result;
+use crate::task::TaskModel;
 use crate::train::{Clip, Regulariser};
 
 /// Stage-1 settings; [`Default`] is PAPER_NOTES §3.
@@ -23,6 +22,8 @@ pub struct Stage1Config {
     pub bayestune: BayesTuneConfig,
     pub epochs: usize,
     pub batch_size: usize,
+    /// Micro-batches per optimiser step (Fed-Aya: 4 × 4).
+    pub accumulate: usize,
     pub lr_adapter: f64,
     pub lr_lambda: f64,
     pub clip_norm: f64,
@@ -34,6 +35,7 @@ impl Default for Stage1Config {
             bayestune: BayesTuneConfig::default(),
             epochs: 2,
             batch_size: 32,
+            accumulate: 1,
             lr_adapter: 1e-4,
             lr_lambda: 1e-2,
             clip_norm: 1.0,
@@ -67,7 +69,7 @@ impl Stage1Out {
 /// is drawn from `init_seed` (PAPER_NOTES §3 [code]: the run seed, the same for every client,
 /// so pruning can restore it later); shuffling and dropout draw from `seed`.
 pub fn train_stage1(
-    model: &ClassifierModel,
+    model: &TaskModel,
     train: &[Example],
     cfg: &Stage1Config,
     init: &LambdaInit,
@@ -82,8 +84,8 @@ pub fn train_stage1(
     if let LambdaInit::Flat(t) = init {
         set_lambdas_flat(&mut store, &modules, t).map_err(|e| s(e.to_string()))?;
     }
-    let net = BertForSequenceClassification::load(&store, &model.config, &cfg.bayestune.spec())
-        .map_err(|e| s(e.to_string()))?;
+    let net = model.net(&store, &cfg.bayestune.spec()).map_err(&s)?;
+    let train = &model.trainable(train).map_err(&s)?;
     type Named = Vec<(String, Var)>;
     let (lam, ab): (Named, Named) = store
         .trainable()
@@ -111,17 +113,16 @@ pub fn train_stage1(
         ],
     )
     .map_err(|e| s(e.to_string()))?;
+    let batch = |ex: &[Example], idx: &[usize]| model.batch(ex, idx);
     let fit_cfg = Fit {
-        tokenizer: &model.tokenizer,
-        device: store.device(),
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
+        accumulate: cfg.accumulate,
         reg: Regulariser::BayesTune {
             store: &store,
             modules: &modules,
             n_train: train.len(),
         },
         clip: Some(&clip),
+        ..Fit::plain(&batch, cfg.epochs, cfg.batch_size)
     };
     let mean_loss = fit(&net, train, &mut opt, &fit_cfg, seed, |_, _| Ok(())).map_err(&s)?;
     let mut out = Vec::with_capacity(modules.len());
@@ -196,7 +197,7 @@ mod tests {
     #[test]
     fn learns_lambda_reproducibly_and_leaves_the_base_alone() {
         let model = tiny_model();
-        let before = model.store.export(|_| true).unwrap();
+        let before = model.store().export(|_| true).unwrap();
         let train = examples(12, 0);
         let a = train_stage1(&model, &train, &cfg(), &LambdaInit::Constant, 1, 2).unwrap();
         assert_eq!(a.lambdas.len(), 8, "one λ vector per linear");
@@ -221,7 +222,7 @@ mod tests {
         );
         let c = train_stage1(&model, &train, &cfg(), &LambdaInit::Constant, 1, 3).unwrap();
         assert_ne!(a, c, "the shuffling seed matters");
-        for (k, v) in model.store.export(|_| true).unwrap() {
+        for (k, v) in model.store().export(|_| true).unwrap() {
             let d: f32 = (&v - &before[&k])
                 .unwrap()
                 .abs()

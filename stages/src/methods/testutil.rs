@@ -3,7 +3,8 @@
 use candle_core::Device;
 use datasets::Example;
 
-use crate::base_model::{build_classifier, ClassifierModel, ModelSource, TinyBert};
+use crate::base_model::{build_classifier, ModelSource, TinyBert};
+use crate::task::TaskModel;
 
 /// `n` two-class examples whose label is readable from the words (offset shifts the labels).
 pub fn examples(n: usize, offset: usize) -> Vec<Example> {
@@ -27,7 +28,7 @@ pub fn examples(n: usize, offset: usize) -> Vec<Example> {
 
 /// A 1-layer BERT (8 linears: 6 in the layer + pooler + classifier), all weights trainable
 /// as `personalize::load_base` returns them.
-pub fn tiny_model() -> ClassifierModel {
+pub fn tiny_model() -> TaskModel {
     let labels = vec!["sports".to_string(), "politics".to_string()];
     let texts: Vec<String> = examples(20, 0).into_iter().map(|e| e.text_a).collect();
     build_classifier(
@@ -46,4 +47,5 @@ pub fn tiny_model() -> ClassifierModel {
         &Device::Cpu,
     )
     .expect("tiny model")
+    .into()
 }

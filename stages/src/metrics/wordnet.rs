@@ -149,6 +149,16 @@ impl Wordnet {
         })
     }
 
+    /// The dict files [`Wordnet::load`] reads from `dir` (their digests belong in a cache key).
+    pub fn files(dir: &Path) -> Vec<PathBuf> {
+        INDEX_FILES
+            .iter()
+            .chain(&EXC_FILES)
+            .chain(&DATA_FILES)
+            .map(|f| dir.join(f))
+            .collect()
+    }
+
     /// Loads from `$FEDP2EFT_WORDNET`, else /usr/share/wordnet.
     pub fn load_default() -> Result<Self, MetricsError> {
         Self::load(Self::default_dir())

@@ -3,12 +3,15 @@
 //! KV cache, and the completion-only causal-LM loss.
 //!
 //! Every op is differentiable in candle (no fused custom kernels), so the same forward serves
-//! training (LoRA) and inference.
+//! training (full fine-tuning or LoRA-family adapters) and inference. The model is built from a
+//! [`ParamStore`] like BERT: every linear of the decoder layers is an [`AdaptedLinear`], so
+//! adapter tensors in the store (`{module}.lora_A.weight`, …) are picked up by module name.
 
-use super::linear::{named_linear, NamedLinear};
 use super::llama_config::LlamaConfig;
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{Embedding, VarBuilder};
+use crate::params::{ParamError, ParamStore};
+use crate::peft::layer::ForwardCtx;
+use crate::peft::{AdaptedLinear, AdapterSpec, LinearShape};
+use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
 
 /// Per-layer cached keys and values `(batch, kv_heads, seen, head_dim)` for generation.
 #[derive(Default)]
@@ -38,9 +41,11 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+    fn load(store: &ParamStore, name: &str, size: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(size, "weight")?,
+            weight: store
+                .get_shaped(&format!("{name}.weight"), &[size])
+                .map_err(param_err)?,
             eps,
         })
     }
@@ -53,6 +58,10 @@ impl RmsNorm {
         let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         x.to_dtype(dtype)?.broadcast_mul(&self.weight)
     }
+}
+
+fn param_err(e: ParamError) -> candle_core::Error {
+    candle_core::Error::wrap(e)
 }
 
 fn rotate_half(x: &Tensor) -> Result<Tensor> {
@@ -79,43 +88,58 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
         .reshape((b, kvh * n_rep, s, d))
 }
 
+/// Every linear of the decoder layers in module (forward) order — per layer q, k, v, o, gate,
+/// up, down — under HF module names. PEFT's `all-linear` for a causal LM adapts exactly these
+/// (the output layer `lm_head` is excluded); this order defines the λ layout and top-k ties.
+pub fn llama_linear_modules(cfg: &LlamaConfig) -> Vec<LinearShape> {
+    let (hs, is) = (cfg.hidden_size, cfg.intermediate_size);
+    let (qd, kvd) = (
+        cfg.num_attention_heads * cfg.head_dim(),
+        cfg.kv_heads() * cfg.head_dim(),
+    );
+    let mut out = Vec::with_capacity(7 * cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for (name, in_dim, out_dim) in [
+            ("self_attn.q_proj", hs, qd),
+            ("self_attn.k_proj", hs, kvd),
+            ("self_attn.v_proj", hs, kvd),
+            ("self_attn.o_proj", qd, hs),
+            ("mlp.gate_proj", hs, is),
+            ("mlp.up_proj", hs, is),
+            ("mlp.down_proj", is, hs),
+        ] {
+            out.push(LinearShape {
+                name: format!("{p}.{name}"),
+                in_dim,
+                out_dim,
+            });
+        }
+    }
+    out
+}
+
+/// HF module name of the output layer (observed for the PSG meta-data, never adapted).
+pub const LM_HEAD: &str = "lm_head";
+
 struct Attention {
-    q_proj: NamedLinear,
-    k_proj: NamedLinear,
-    v_proj: NamedLinear,
-    o_proj: NamedLinear,
+    q_proj: AdaptedLinear,
+    k_proj: AdaptedLinear,
+    v_proj: AdaptedLinear,
+    o_proj: AdaptedLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn load(vb: &VarBuilder, prefix: &str, cfg: &LlamaConfig) -> Result<Self> {
-        let (h, kvh, d, bias) = (
-            cfg.num_attention_heads,
-            cfg.kv_heads(),
-            cfg.head_dim(),
-            cfg.attention_bias,
-        );
-        let hs = cfg.hidden_size;
-        Ok(Self {
-            q_proj: named_linear(vb, &format!("{prefix}.q_proj"), hs, h * d, bias)?,
-            k_proj: named_linear(vb, &format!("{prefix}.k_proj"), hs, kvh * d, bias)?,
-            v_proj: named_linear(vb, &format!("{prefix}.v_proj"), hs, kvh * d, bias)?,
-            o_proj: named_linear(vb, &format!("{prefix}.o_proj"), h * d, hs, bias)?,
-            heads: h,
-            kv_heads: kvh,
-            head_dim: d,
-        })
-    }
-
     fn forward(
         &self,
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-        train: bool,
+        ctx: &ForwardCtx<'_>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n: usize| {
@@ -123,9 +147,9 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.q_proj.forward(x, train)?, self.heads)?;
-        let k = split(self.k_proj.forward(x, train)?, self.kv_heads)?;
-        let v = split(self.v_proj.forward(x, train)?, self.kv_heads)?;
+        let q = split(self.q_proj.forward(x, ctx)?, self.heads)?;
+        let k = split(self.k_proj.forward(x, ctx)?, self.kv_heads)?;
+        let v = split(self.v_proj.forward(x, ctx)?, self.kv_heads)?;
         let q = apply_rope(&q, &rope.0, &rope.1)?;
         let mut k = apply_rope(&k, &rope.0, &rope.1)?;
         let mut v = v;
@@ -148,31 +172,22 @@ impl Attention {
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, self.heads * self.head_dim))?;
-        self.o_proj.forward(&out, train)
+        self.o_proj.forward(&out, ctx)
     }
 }
 
 struct Mlp {
-    gate_proj: NamedLinear,
-    up_proj: NamedLinear,
-    down_proj: NamedLinear,
+    gate_proj: AdaptedLinear,
+    up_proj: AdaptedLinear,
+    down_proj: AdaptedLinear,
 }
 
 impl Mlp {
-    fn load(vb: &VarBuilder, prefix: &str, cfg: &LlamaConfig) -> Result<Self> {
-        let (hs, is, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        Ok(Self {
-            gate_proj: named_linear(vb, &format!("{prefix}.gate_proj"), hs, is, bias)?,
-            up_proj: named_linear(vb, &format!("{prefix}.up_proj"), hs, is, bias)?,
-            down_proj: named_linear(vb, &format!("{prefix}.down_proj"), is, hs, bias)?,
-        })
-    }
-
     // SwiGLU: down(silu(gate(x)) ⊙ up(x)).
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x, train)?.silu()?;
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx<'_>) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x, ctx)?.silu()?;
         self.down_proj
-            .forward(&(g * self.up_proj.forward(x, train)?)?, train)
+            .forward(&(g * self.up_proj.forward(x, ctx)?)?, ctx)
     }
 }
 
@@ -183,62 +198,74 @@ struct Block {
     mlp: Mlp,
 }
 
-/// `LlamaForCausalLM`: loads from HF parameter names (`model.embed_tokens.weight`,
+/// `LlamaForCausalLM` over a [`ParamStore`] with HF parameter names (`model.embed_tokens.weight`,
 /// `model.layers.{i}.self_attn.q_proj.weight`, …, `lm_head.weight` unless tied).
 pub struct LlamaForCausalLM {
     cfg: LlamaConfig,
-    embed_tokens: Embedding,
+    embed_tokens: Tensor,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: NamedLinear,
+    lm_head: Tensor,
     inv_freq: Tensor,
     device: Device,
 }
 
 impl LlamaForCausalLM {
-    /// Builds the model from tensors under `vb` (root = checkpoint root).
-    pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    /// Builds the model from the store; adapters present in it are interpreted by `spec`.
+    pub fn load(store: &ParamStore, cfg: &LlamaConfig, spec: &AdapterSpec) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::wrap)?;
         let hs = cfg.hidden_size;
-        let embed_w = vb.get((cfg.vocab_size, hs), "model.embed_tokens.weight")?;
-        let embed_tokens = Embedding::new(embed_w.clone(), hs);
+        let get = |name: &str, shape: &[usize]| store.get_shaped(name, shape).map_err(param_err);
+        let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, hs])?;
+        let modules = llama_linear_modules(cfg);
+        let lin = |i: usize, bias: bool| {
+            AdaptedLinear::load(store, &modules[i], bias, spec).map_err(param_err)
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
             layers.push(Block {
                 input_layernorm: RmsNorm::load(
-                    vb.pp(format!("{p}.input_layernorm")),
+                    store,
+                    &format!("{p}.input_layernorm"),
                     hs,
                     cfg.rms_norm_eps,
                 )?,
-                self_attn: Attention::load(&vb, &format!("{p}.self_attn"), cfg)?,
+                self_attn: Attention {
+                    q_proj: lin(7 * i, ab)?,
+                    k_proj: lin(7 * i + 1, ab)?,
+                    v_proj: lin(7 * i + 2, ab)?,
+                    o_proj: lin(7 * i + 3, ab)?,
+                    heads: cfg.num_attention_heads,
+                    kv_heads: cfg.kv_heads(),
+                    head_dim: cfg.head_dim(),
+                },
                 post_attention_layernorm: RmsNorm::load(
-                    vb.pp(format!("{p}.post_attention_layernorm")),
+                    store,
+                    &format!("{p}.post_attention_layernorm"),
                     hs,
                     cfg.rms_norm_eps,
                 )?,
-                mlp: Mlp::load(&vb, &format!("{p}.mlp"), cfg)?,
+                mlp: Mlp {
+                    gate_proj: lin(7 * i + 4, mb)?,
+                    up_proj: lin(7 * i + 5, mb)?,
+                    down_proj: lin(7 * i + 6, mb)?,
+                },
             });
         }
-        let norm = RmsNorm::load(vb.pp("model.norm"), hs, cfg.rms_norm_eps)?;
+        let norm = RmsNorm::load(store, "model.norm", hs, cfg.rms_norm_eps)?;
+        // Tied: the LM head shares the embedding matrix.
         let lm_head = if cfg.tie_word_embeddings {
-            // Tied: the LM head shares the embedding matrix; the layer keeps its HF name.
-            let vbt = VarBuilder::from_tensors(
-                [("lm_head.weight".to_string(), embed_w)]
-                    .into_iter()
-                    .collect(),
-                vb.dtype(),
-                vb.device(),
-            );
-            named_linear(&vbt, "lm_head", hs, cfg.vocab_size, false)?
+            embed_tokens.clone()
         } else {
-            named_linear(&vb, "lm_head", hs, cfg.vocab_size, false)?
+            get("lm_head.weight", &[cfg.vocab_size, hs])?
         };
         let inv = cfg
             .inverse_frequencies()
             .map_err(candle_core::Error::wrap)?;
         let n = inv.len();
-        let inv_freq = Tensor::from_vec(inv, (1, 1, n), vb.device())?;
+        let inv_freq = Tensor::from_vec(inv, (1, 1, n), store.device())?;
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
@@ -246,7 +273,7 @@ impl LlamaForCausalLM {
             norm,
             lm_head,
             inv_freq,
-            device: vb.device().clone(),
+            device: store.device().clone(),
         })
     }
 
@@ -258,9 +285,19 @@ impl LlamaForCausalLM {
         &self.device
     }
 
-    /// Every linear layer with its HF module name, in model order (q,k,v,o,gate,up,down per
-    /// layer, then `lm_head`) — where adapters are attached.
-    pub fn linears_mut(&mut self) -> Vec<&mut NamedLinear> {
+    /// Every adapted linear in module order (see [`llama_linear_modules`]).
+    pub fn linears(&self) -> Vec<&AdaptedLinear> {
+        let mut out = Vec::new();
+        for b in &self.layers {
+            let (a, m) = (&b.self_attn, &b.mlp);
+            out.extend([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]);
+            out.extend([&m.gate_proj, &m.up_proj, &m.down_proj]);
+        }
+        out
+    }
+
+    /// Mutable access for merge/unmerge of all adapters.
+    pub fn linears_mut(&mut self) -> Vec<&mut AdaptedLinear> {
         let mut out = Vec::new();
         for b in &mut self.layers {
             let a = &mut b.self_attn;
@@ -268,7 +305,6 @@ impl LlamaForCausalLM {
             let m = &mut b.mlp;
             out.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
         }
-        out.push(&mut self.lm_head);
         out
     }
 
@@ -277,12 +313,13 @@ impl LlamaForCausalLM {
         let pos = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
         let freqs = pos.broadcast_mul(&self.inv_freq)?;
         let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(1)?;
-        Ok((emb.cos()?, emb.sin()?))
+        let dtype = self.embed_tokens.dtype();
+        Ok((emb.cos()?.to_dtype(dtype)?, emb.sin()?.to_dtype(dtype)?))
     }
 
     /// Additive mask `(batch, 1, q, k)`: 0 where query `i` (absolute position `past + i`) may
-    /// see key `j` (`j ≤ past + i` and `key_mask[j] = 1`), f32::MIN elsewhere (HF's min-dtype
-    /// fill, so fully masked padding rows stay finite).
+    /// see key `j` (`j ≤ past + i` and `key_mask[j] = 1`), the dtype's minimum elsewhere (HF's
+    /// min-dtype fill, so fully masked padding rows stay finite).
     fn attention_mask(&self, key_mask: &Tensor, q_len: usize) -> Result<Tensor> {
         let (b, k_len) = key_mask.dims2()?;
         let past = k_len - q_len;
@@ -297,7 +334,15 @@ impl LlamaForCausalLM {
                 }
             }
         }
-        Tensor::from_vec(m, (b, 1, q_len, k_len), &self.device)
+        let mask = Tensor::from_vec(m, (b, 1, q_len, k_len), &self.device)?;
+        match self.embed_tokens.dtype() {
+            DType::F32 => Ok(mask),
+            // bf16/f16: clamp to the dtype's finite range before converting (f32::MIN → -inf).
+            DType::BF16 => mask
+                .clamp(f64::from(half::bf16::MIN), 0.0)?
+                .to_dtype(DType::BF16),
+            dt => mask.to_dtype(dt),
+        }
     }
 
     /// Final hidden states `(batch, seq, hidden)`. `key_mask` `(batch, cached + seq)` covers the
@@ -308,12 +353,16 @@ impl LlamaForCausalLM {
         positions: &Tensor,
         key_mask: &Tensor,
         mut cache: Option<&mut KvCache>,
-        train: bool,
+        ctx: &ForwardCtx<'_>,
     ) -> Result<Tensor> {
         let (_, t) = input_ids.dims2()?;
         let mask = self.attention_mask(key_mask, t)?;
         let rope = self.rope(positions)?;
-        let mut h = self.embed_tokens.forward(input_ids)?;
+        let (b, _) = input_ids.dims2()?;
+        let mut h = self
+            .embed_tokens
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((b, t, self.cfg.hidden_size))?;
         if let Some(c) = cache.as_deref_mut() {
             if c.layers.len() != self.layers.len() {
                 *c = KvCache::new(self.layers.len());
@@ -326,41 +375,46 @@ impl LlamaForCausalLM {
                 &rope,
                 &mask,
                 slot,
-                train,
+                ctx,
             )?;
             h = (h + a)?;
             let m = block
                 .mlp
-                .forward(&block.post_attention_layernorm.forward(&h)?, train)?;
+                .forward(&block.post_attention_layernorm.forward(&h)?, ctx)?;
             h = (h + m)?;
         }
         self.norm.forward(&h)
     }
 
-    /// LM-head logits for hidden states.
-    pub fn logits(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
-        self.lm_head.forward(hidden, train)
+    /// LM-head logits for hidden states (the head's input is reported to `ctx`'s observer as
+    /// `lm_head`, as the reference's meta-data hooks every base linear).
+    pub fn logits(&self, hidden: &Tensor, ctx: &ForwardCtx<'_>) -> Result<Tensor> {
+        if let Some(obs) = ctx.observe_input {
+            obs(LM_HEAD, hidden)?;
+        }
+        crate::nn::linear_forward(hidden, &self.lm_head, None)
     }
 
-    /// Training-mode forward of a right-padded batch: positions `0..seq` (as HF when no
-    /// position ids are given), padding keys masked. Returns logits `(batch, seq, vocab)`.
+    /// Forward of a right-padded batch: positions `0..seq` (as HF when no position ids are
+    /// given), padding keys masked. Returns logits `(batch, seq, vocab)`; train mode (adapter
+    /// dropout) when `ctx.dropout` is set.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
-        train: bool,
+        ctx: &ForwardCtx<'_>,
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let positions = Tensor::arange(0u32, t as u32, &self.device)?
             .unsqueeze(0)?
             .expand((b, t))?;
-        let h = self.forward_hidden(input_ids, &positions, attention_mask, None, train)?;
-        self.logits(&h, train)
+        let h = self.forward_hidden(input_ids, &positions, attention_mask, None, ctx)?;
+        self.logits(&h, ctx)
     }
 
     /// Embedding of token ids (used when resizing or inspecting).
     pub fn embeddings(&self) -> &Tensor {
-        self.embed_tokens.embeddings()
+        &self.embed_tokens
     }
 }
 
@@ -368,6 +422,13 @@ impl LlamaForCausalLM {
 /// [`crate::tokenize::IGNORE_INDEX`] are skipped; the mean is over the remaining tokens
 /// (`ForCausalLMLoss` with `num_items_in_batch=None`). `labels` is `i64 (batch, seq)`.
 pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (sum, n) = causal_lm_loss_sum(logits, labels)?;
+    sum / n as f64
+}
+
+/// Summed token cross-entropy of [`causal_lm_loss`] and the number of response tokens it sums
+/// over (HF divides by the tokens of the whole accumulation group, `num_items_in_batch`).
+pub fn causal_lm_loss_sum(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, usize)> {
     let (b, t, v) = logits.dims3()?;
     let lab = labels.to_dtype(DType::I64)?.to_vec2::<i64>()?;
     let mut rows = Vec::new();
@@ -393,8 +454,10 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let n = rows.len();
     let flat = logits.reshape((b * t, v))?;
     let picked = flat.index_select(&Tensor::from_vec(rows, n, logits.device())?, 0)?;
-    let targets = Tensor::from_vec(targets, n, logits.device())?;
-    candle_nn::loss::cross_entropy(&picked.to_dtype(DType::F32)?, &targets)
+    let targets = Tensor::from_vec(targets, (n, 1), logits.device())?;
+    let logp = candle_nn::ops::log_softmax(&picked.to_dtype(DType::F32)?, D::Minus1)?;
+    let sum = logp.gather(&targets, 1)?.sum_all()?.neg()?;
+    Ok((sum, n))
 }
 
 /// Last-position logits `(batch, vocab)` of `(batch, seq, vocab)`.

@@ -4,9 +4,10 @@
 use super::hf_layout::{load_tensors, read_config, write_model_dir, HfLayoutError};
 use super::llama::LlamaForCausalLM;
 use super::llama_config::LlamaConfig;
+use crate::params::ParamStore;
+use crate::peft::AdapterSpec;
 use crate::rng::{derive_seed, rng_from, SeedPart};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use rand_distr::{Distribution, Normal};
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,16 +21,34 @@ pub enum LlamaIoError {
     Model { dir: String, message: String },
 }
 
-/// Loads `config.json` + safetensors weights from `dir` as `dtype` on `device`.
+/// Reads `config.json` + safetensors weights from `dir` as `dtype` on `device` into a store;
+/// names matching `trainable` become `Var`s.
+pub fn load_llama_store(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    trainable: impl Fn(&str) -> bool,
+) -> Result<(LlamaConfig, ParamStore), LlamaIoError> {
+    let cfg: LlamaConfig = read_config(dir)?;
+    let err = |message: String| LlamaIoError::Model {
+        dir: dir.display().to_string(),
+        message,
+    };
+    cfg.validate().map_err(|e| err(e.to_string()))?;
+    let tensors = load_tensors(dir, dtype, device)?;
+    let store = ParamStore::from_tensors(tensors, device, dtype, trainable)
+        .map_err(|e| err(e.to_string()))?;
+    Ok((cfg, store))
+}
+
+/// Loads the model in `dir` for inference (every weight frozen, adapters ignored).
 pub fn load_llama(
     dir: &Path,
     dtype: DType,
     device: &Device,
 ) -> Result<LlamaForCausalLM, LlamaIoError> {
-    let cfg: LlamaConfig = read_config(dir)?;
-    let tensors = load_tensors(dir, dtype, device)?;
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    LlamaForCausalLM::load(vb, &cfg).map_err(|e| LlamaIoError::Model {
+    let (cfg, store) = load_llama_store(dir, dtype, device, |_| false)?;
+    LlamaForCausalLM::load(&store, &cfg, &AdapterSpec::NONE).map_err(|e| LlamaIoError::Model {
         dir: dir.display().to_string(),
         message: e.to_string(),
     })
@@ -240,8 +259,8 @@ mod tests {
             .unwrap();
         assert_eq!(w.get(7).unwrap().to_vec1::<f32>().unwrap(), mean);
         assert_eq!(t["model.embed_tokens.weight"].dims(), &[8, 32]);
-        let vb = VarBuilder::from_tensors(t, DType::F32, &Device::Cpu);
-        LlamaForCausalLM::load(vb, &cfg).unwrap();
+        let store = ParamStore::from_tensors(t, &Device::Cpu, DType::F32, |_| false).unwrap();
+        LlamaForCausalLM::load(&store, &cfg, &AdapterSpec::NONE).unwrap();
         assert!(resize_vocab(&mut HashMap::new(), &mut cfg, 4).is_err());
     }
 

@@ -2,7 +2,6 @@
 
 pub mod bert;
 pub mod hf_layout;
-pub mod linear;
 pub mod llama;
 pub mod llama_config;
 pub mod llama_io;

@@ -170,10 +170,9 @@ impl CustomOp1 for DropoutOp {
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // d(x·m)/dx = m: the same mask, redrawn.
-        grad.contiguous()?
-            .apply_op1_no_bwd(&DropoutOp(self.0))
-            .map(Some)
+        // d(x·m)/dx = m: the same mask, redrawn. Linear, so applying it as a tracked op keeps
+        // a graph-carrying gradient differentiable (second order).
+        grad.contiguous()?.apply_op1(DropoutOp(self.0)).map(Some)
     }
 }
 

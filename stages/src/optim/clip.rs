@@ -3,33 +3,43 @@
 //! gradient multiplied by coef (in place in the `GradStore`).
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Var};
+use candle_core::{DType, Tensor, Var};
 
 use super::Result;
 
 /// Clips the gradients of `vars` in `grads`; returns the total norm before clipping.
 /// Parameters without gradient are ignored (as PyTorch ignores `grad is None`).
 pub fn clip_grad_norm(grads: &mut GradStore, vars: &[&Var], max_norm: f64) -> Result<f64> {
+    let present: Vec<(&Var, Tensor)> = vars
+        .iter()
+        .filter_map(|v| grads.get(v.as_tensor()).map(|g| (*v, g.clone())))
+        .collect();
+    let mut tensors: Vec<Tensor> = present.iter().map(|(_, g)| g.clone()).collect();
+    let total = clip_by_total_norm(&mut tensors, max_norm)?;
+    for ((v, _), g) in present.into_iter().zip(tensors) {
+        grads.insert(v.as_tensor(), g);
+    }
+    Ok(total)
+}
+
+/// The same clipping on a list of gradient tensors (replaced by their scaled values): the
+/// reference's FedL2P inner loop clips its accumulated gradients this way.
+pub fn clip_by_total_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     // Per-tensor 2-norms, then the 2-norm of those (PyTorch's order of reduction), in f32.
     let mut sq = 0f32;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            let n = g
-                .to_dtype(DType::F32)?
-                .sqr()?
-                .sum_all()?
-                .sqrt()?
-                .to_scalar::<f32>()?;
-            sq += n * n;
-        }
+    for g in grads.iter() {
+        let n = g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_scalar::<f32>()?;
+        sq += n * n;
     }
     let total = sq.sqrt();
     let coef = (max_norm as f32 / (total + 1e-6)).min(1.0);
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            let scaled = (g * f64::from(coef))?;
-            grads.insert(v.as_tensor(), scaled);
-        }
+    for g in grads.iter_mut() {
+        *g = (&*g * f64::from(coef))?;
     }
     Ok(f64::from(total))
 }
@@ -37,7 +47,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[&Var], max_norm: f64) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
 
     #[test]
     fn clips_to_max_norm_and_leaves_small_gradients() {

@@ -7,7 +7,7 @@ pub mod clip;
 pub mod schedule;
 
 pub use adam::{Adam, AdamConfig, ParamGroup};
-pub use clip::clip_grad_norm;
+pub use clip::{clip_by_total_norm, clip_grad_norm};
 pub use schedule::CosineAnnealingLr;
 
 /// Errors of optimiser set-up and state restore.

@@ -147,6 +147,7 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        super::first_order_only(self.name(), grad)?;
         let (b, s, h, dh) = self.dims(q.layout())?;
         let n = b * s * h;
         let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);

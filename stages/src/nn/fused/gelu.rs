@@ -53,6 +53,7 @@ impl CustomOp1 for GeluOp {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        super::first_order_only(self.name(), grad)?;
         let dx = with_host_f32(x, |xv| {
             with_host_f32(grad, |g| {
                 let mut dx = vec![0f32; xv.len()];

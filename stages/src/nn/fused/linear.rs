@@ -97,6 +97,7 @@ impl CustomOp1 for FrozenLinearOp {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        super::first_order_only(self.name(), grad)?;
         self.0.grad_input(x, grad)
     }
 }
@@ -200,6 +201,7 @@ impl CustomOp2 for AdaptedOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        super::first_order_only(self.name(), grad)?;
         let (r, inp, out) = (self.rank, self.frozen.in_dim(), self.frozen.out_dim());
         let s = self.scale as f32;
         let rows = grad.elem_count() / out;

@@ -27,12 +27,46 @@ pub mod linear;
 pub mod norm;
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Tensor};
 
-/// Whether `t` can go through the fused kernels (CPU, f32 or bf16).
+thread_local! {
+    static COMPOSITE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the fused kernels off on this thread: every op builds the composite candle
+/// graph. Needed where a loss is differentiated twice (FedL2P's Hessian-vector products,
+/// [`crate::second_order`]): the kernels' backward passes are computed outside candle's graph,
+/// so a gradient through them is not itself differentiable.
+pub fn composite_scope<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSITE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPOSITE.with(|c| c.replace(true)));
+    f()
+}
+
+/// Whether `t` can go through the fused kernels (CPU, f32 or bf16, outside a
+/// [`composite_scope`]).
 pub fn supported(t: &Tensor) -> bool {
-    matches!(t.device(), Device::Cpu) && matches!(t.dtype(), DType::F32 | DType::BF16)
+    matches!(t.device(), Device::Cpu)
+        && matches!(t.dtype(), DType::F32 | DType::BF16)
+        && !COMPOSITE.with(Cell::get)
+}
+
+/// Fails when a kernel's backward runs inside a graph-keeping backward pass (the incoming
+/// gradient carries a graph): its result would silently lack second-order terms.
+fn first_order_only(op: &str, grad: &Tensor) -> Result<()> {
+    if grad.track_op() {
+        candle_core::bail!(
+            "{op}: second-order differentiation through a fused kernel; build this loss inside nn::fused::composite_scope"
+        );
+    }
+    Ok(())
 }
 
 /// The elements of a contiguous CPU storage view as f32 (borrowed when f32, else converted).

@@ -153,6 +153,7 @@ impl CustomOp2 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        super::first_order_only(self.name(), grad)?;
         let (dx, _, dwb) = with_host_f32(x, |xv| {
             with_host_f32(wb, |w| {
                 with_host_f32(grad, |g| Ok(self.0.backward(xv, None, w, g)))
@@ -209,6 +210,7 @@ impl CustomOp3 for ResidualLayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        super::first_order_only(self.name(), grad)?;
         let (da, dr, dwb) = with_host_f32(a, |av| {
             with_host_f32(r, |rv| {
                 with_host_f32(wb, |w| {

@@ -1,103 +1,118 @@
-//! A federated client that fine-tunes a BERT sequence classifier on its shard: the local
-//! training of Standard FL and DEPT(SPEC) (PAPER_NOTES §2). Each round it copies the global
-//! weights into one model kept for the whole run (memory stays flat), creates a fresh AdamW
-//! optimiser as a Flower client does, runs `epochs` shuffled passes and returns its weights.
+//! The local training of Standard FL and DEPT(SPEC) (PAPER_NOTES §2), for both tasks: a client
+//! copies the global weights into one model kept for the whole run (memory stays flat), creates
+//! a fresh AdamW optimiser as a Flower client does, trains its shard and returns its weights.
+//! BERT classifiers are fully fine-tuned for `epochs` passes; a LLaMA trains a LoRA for a fixed
+//! number of steps on a per-round subset of its shard, with the round's lr from a cosine
+//! schedule over rounds (2e-5 → 1e-6) and gradient accumulation (4 × 4).
 //!
-//! Parameters matching `keep_local` (DEPT: `*_embeddings*`) never leave the client: they start
-//! from the pretrained values and come back as the client's persistent state.
+//! Only trainable parameters are averaged (all of them for full fine-tuning, the adapters for
+//! LoRA). Parameters matching `keep_local` (DEPT: `*_embeddings*`) never leave the client: they
+//! start from the pretrained values and come back as the client's persistent state.
 
-use candle_core::{Device, Tensor};
 use datasets::Example;
+use rand::seq::SliceRandom;
 
 use super::engine::{ClientRound, ClientUpdate, LocalTrainer, Weights};
-use crate::fit::Fit;
-use crate::model::bert::{BertForSequenceClassification, BertInput};
+use crate::fit::{Batcher, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
-use crate::tokenize::{PaddingSide, TextTokenizer};
-use crate::train::{ClassifierBatch, Regulariser};
+use crate::rng::{derive_seed, rng_from};
+use crate::task::{Net, TaskModel};
 
-/// Local optimisation settings (PAPER_NOTES §2: AdamW, lr 5e-5, wd 0, 2 epochs, batch 32).
+/// The lr of each round: constant, or the reference's `cosine_learning_rate(round, rounds,
+/// lr, min_lr)` = min + ½(lr − min)(1 + cos(π·round/rounds)) with 1-based rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RoundLr {
+    Constant,
+    Cosine { rounds: u64, min_lr: f64 },
+}
+
+/// Local optimisation settings (PAPER_NOTES §2: AdamW, lr 5e-5, wd 0, 2 epochs, batch 32 for
+/// BERT; lr 2e-5 cosine, 10 steps of 4 × 4 for LLaMA).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LocalSgdConfig {
     pub lr: f64,
     pub weight_decay: f64,
     pub epochs: usize,
     pub batch_size: usize,
+    /// Micro-batches per optimiser step.
+    pub accumulate: usize,
+    /// Exactly this many steps per round on a subset of `steps · batch · accumulate` examples
+    /// drawn from the round's seed (the reference's `shuffle(seed=round).select(...)`).
+    pub max_steps: Option<usize>,
+    pub round_lr: RoundLr,
 }
 
-/// Tokenises `examples[order]` into one classification batch (pairs when `text_b` is set),
-/// right-padded to the longest row.
-pub fn classifier_batch(
-    examples: &[Example],
-    order: &[usize],
-    tokenizer: &TextTokenizer,
-    device: &Device,
-) -> Result<ClassifierBatch, String> {
-    let mut labels = Vec::with_capacity(order.len());
-    for &i in order {
-        labels.push(
-            examples[i]
-                .label_id
-                .ok_or_else(|| format!("example #{i} has no label_id"))?,
-        );
+impl LocalSgdConfig {
+    /// `epochs` passes at a constant lr, no accumulation (the BERT setups).
+    pub fn epochs(lr: f64, weight_decay: f64, epochs: usize, batch_size: usize) -> Self {
+        Self {
+            lr,
+            weight_decay,
+            epochs,
+            batch_size,
+            accumulate: 1,
+            max_steps: None,
+            round_lr: RoundLr::Constant,
+        }
     }
-    let enc = if order.iter().all(|&i| examples[i].text_b.is_some()) {
-        let pairs: Vec<(&str, &str)> = order
-            .iter()
-            .map(|&i| {
-                let e = &examples[i];
-                (e.text_a.as_str(), e.text_b.as_deref().unwrap_or(""))
-            })
-            .collect();
-        tokenizer.encode_pair_batch(&pairs, PaddingSide::Right)
-    } else {
-        let texts: Vec<&str> = order.iter().map(|&i| examples[i].text_a.as_str()).collect();
-        tokenizer.encode_batch(&texts, PaddingSide::Right)
+
+    /// The lr of 1-based `round`.
+    pub fn lr_at(&self, round: u64) -> f64 {
+        match self.round_lr {
+            RoundLr::Constant => self.lr,
+            RoundLr::Cosine { rounds, min_lr } => {
+                let x = std::f64::consts::PI * round as f64 / rounds.max(1) as f64;
+                min_lr + 0.5 * (self.lr - min_lr) * (1.0 + x.cos())
+            }
+        }
     }
-    .map_err(|e| e.to_string())?;
-    let (input_ids, attention_mask, token_type_ids) =
-        enc.to_tensors(device).map_err(|e| e.to_string())?;
-    let labels = Tensor::new(labels, device).map_err(|e| e.to_string())?;
-    Ok(ClassifierBatch {
-        input: BertInput {
-            input_ids,
-            attention_mask,
-            token_type_ids,
-        },
-        labels,
-    })
 }
 
-/// `epochs` shuffled passes of AdamW over `examples` with a fresh optimiser on the store's
-/// trainable parameters; returns the mean loss over steps. Shuffling and dropout draw from
-/// seeds derived from `seed`, so the same call is bit-reproducible.
+/// Local training of `net` (built over `store`) on `examples` (tokenised by `batch`) with a
+/// fresh AdamW on the store's trainable parameters at `lr`; returns the mean loss over steps and
+/// the number of examples trained on. Shuffling and dropout draw from seeds derived from `seed`, so the same call is
+/// bit-reproducible.
 pub fn train_local(
-    model: &BertForSequenceClassification,
+    net: &Net,
+    batch: Batcher<'_>,
     store: &ParamStore,
     examples: &[Example],
-    tokenizer: &TextTokenizer,
     cfg: &LocalSgdConfig,
+    lr: f64,
     seed: u64,
-) -> Result<f32, String> {
+) -> Result<(f32, usize), String> {
     let mut opt = Adam::new(
         AdamConfig::adamw(),
         vec![ParamGroup {
             params: store.trainable(),
-            lr: cfg.lr,
+            lr,
             weight_decay: cfg.weight_decay,
         }],
     )
     .map_err(|e| e.to_string())?;
-    let fit = Fit {
-        tokenizer,
-        device: store.device(),
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        reg: Regulariser::None,
-        clip: None,
+    let subset;
+    let examples = match cfg.max_steps {
+        Some(steps) => {
+            let want = steps * cfg.batch_size * cfg.accumulate;
+            let mut order: Vec<usize> = (0..examples.len()).collect();
+            order.shuffle(&mut rng_from(derive_seed(seed, &["subset".into()])));
+            order.truncate(want);
+            subset = order
+                .iter()
+                .map(|&i| examples[i].clone())
+                .collect::<Vec<_>>();
+            &subset
+        }
+        None => examples,
     };
-    crate::fit::fit(model, examples, &mut opt, &fit, seed, |_, _| Ok(()))
+    let fit = Fit {
+        accumulate: cfg.accumulate,
+        max_steps: cfg.max_steps,
+        ..Fit::plain(batch, cfg.epochs, cfg.batch_size)
+    };
+    let loss = crate::fit::fit(net, examples, &mut opt, &fit, seed, |_, _| Ok(()))?;
+    Ok((loss, examples.len()))
 }
 
 /// Loads a client's training examples by id.
@@ -106,11 +121,10 @@ pub type ShardLoader<'a> = Box<dyn Fn(u32) -> Result<Vec<Example>, String> + 'a>
 /// Predicate naming the parameters kept on the client.
 pub type LocalPredicate = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// Full fine-tuning client for [`super::engine::run_rounds`].
-pub struct ClassifierClient<'a> {
-    store: ParamStore,
-    model: BertForSequenceClassification,
-    tokenizer: TextTokenizer,
+/// Standard-FL client for [`super::engine::run_rounds`].
+pub struct FedAvgClient<'a> {
+    task: TaskModel,
+    net: Net,
     cfg: LocalSgdConfig,
     load: ShardLoader<'a>,
     keep_local: Option<LocalPredicate>,
@@ -118,24 +132,22 @@ pub struct ClassifierClient<'a> {
     eval: Option<(Vec<Example>, usize)>,
 }
 
-impl<'a> ClassifierClient<'a> {
-    /// `store` must hold every parameter as trainable and `model` be built from it.
+impl<'a> FedAvgClient<'a> {
+    /// `net` must be built over `task`'s store, whose trainable parameters are trained.
     pub fn new(
-        store: ParamStore,
-        model: BertForSequenceClassification,
-        tokenizer: TextTokenizer,
+        task: TaskModel,
+        net: Net,
         cfg: LocalSgdConfig,
         load: ShardLoader<'a>,
         keep_local: Option<LocalPredicate>,
     ) -> Result<Self, String> {
         let initial_local = match &keep_local {
-            Some(p) => export(&store, p)?,
+            Some(p) => export(task.store(), p)?,
             None => Weights::new(),
         };
         Ok(Self {
-            store,
-            model,
-            tokenizer,
+            task,
+            net,
             cfg,
             load,
             keep_local,
@@ -151,10 +163,13 @@ impl<'a> ClassifierClient<'a> {
         self
     }
 
-    /// The weights the server averages: everything not kept local.
+    /// The weights the server averages: the trainable parameters not kept local.
     pub fn shared_weights(&self) -> Result<Weights, String> {
         let local = &self.keep_local;
-        export(&self.store, |n| !local.as_ref().is_some_and(|p| p(n)))
+        let store = self.task.store();
+        export(store, |n| {
+            store.is_trainable(n) && !local.as_ref().is_some_and(|p| p(n))
+        })
     }
 }
 
@@ -172,38 +187,27 @@ fn assign(store: &mut ParamStore, w: &Weights) -> Result<(), String> {
 }
 
 /// Share of `examples` whose arg-max prediction equals the label (eval mode, no dropout).
-pub fn accuracy(
-    model: &BertForSequenceClassification,
-    examples: &[Example],
-    tokenizer: &TextTokenizer,
-    batch_size: usize,
-    device: &Device,
-) -> Result<f64, String> {
+pub fn accuracy(task: &TaskModel, examples: &[Example], batch_size: usize) -> Result<f64, String> {
     if examples.is_empty() {
         return Err("no evaluation examples".into());
     }
-    let mut correct = 0usize;
-    let idx: Vec<usize> = (0..examples.len()).collect();
-    for chunk in idx.chunks(batch_size.max(1)) {
-        let batch = classifier_batch(examples, chunk, tokenizer, device)?;
-        let pred = crate::train::predict(model, &batch.input).map_err(|e| e.to_string())?;
-        let gold = batch.labels.to_vec1::<u32>().map_err(|e| e.to_string())?;
-        correct += pred.iter().zip(&gold).filter(|(p, g)| p == g).count();
+    let out = task.evaluate(task.store(), examples, batch_size)?;
+    if out.labels().is_none() {
+        return Err("accuracy needs a classification model".into());
     }
-    Ok(correct as f64 / examples.len() as f64)
+    Ok(out.correct() as f64 / examples.len() as f64)
 }
 
-impl LocalTrainer for ClassifierClient<'_> {
+impl LocalTrainer for FedAvgClient<'_> {
     fn evaluate(&mut self, _round: u64, global: &Weights) -> Result<Option<f64>, String> {
         let Some((examples, batch_size)) = &self.eval else {
             return Ok(None);
         };
-        assign(&mut self.store, global)?;
+        assign(self.task.store_mut(), global)?;
         if self.keep_local.is_some() {
-            assign(&mut self.store, &self.initial_local)?;
+            assign(self.task.store_mut(), &self.initial_local)?;
         }
-        let device = self.store.device().clone();
-        accuracy(&self.model, examples, &self.tokenizer, *batch_size, &device).map(Some)
+        accuracy(&self.task, examples, *batch_size).map(Some)
     }
 
     fn train(&mut self, ctx: ClientRound<'_>) -> Result<ClientUpdate, String> {
@@ -211,26 +215,31 @@ impl LocalTrainer for ClassifierClient<'_> {
         if examples.is_empty() {
             return Err("no training examples".into());
         }
-        assign(&mut self.store, ctx.global)?;
+        assign(self.task.store_mut(), ctx.global)?;
         if self.keep_local.is_some() {
             let local = ctx.persistent.unwrap_or(&self.initial_local);
-            assign(&mut self.store, local)?;
+            assign(self.task.store_mut(), local)?;
         }
-        let mean_loss = train_local(
-            &self.model,
-            &self.store,
+        let examples = self.task.trainable(&examples)?;
+        let task = &self.task;
+        let batch = |ex: &[Example], idx: &[usize]| task.batch(ex, idx);
+        let (mean_loss, used) = train_local(
+            &self.net,
+            &batch,
+            self.task.store(),
             &examples,
-            &self.tokenizer,
             &self.cfg,
+            self.cfg.lr_at(ctx.round),
             ctx.seed,
         )?;
         let persistent = match &self.keep_local {
-            Some(p) => Some(export(&self.store, p)?),
+            Some(p) => Some(export(self.task.store(), p)?),
             None => None,
         };
         Ok(ClientUpdate {
             weights: self.shared_weights()?,
-            n_examples: examples.len() as u64,
+            // FedAvg weight: the examples trained on (the round's subset with `max_steps`).
+            n_examples: used as u64,
             mean_loss,
             persistent,
         })
@@ -240,11 +249,12 @@ impl LocalTrainer for ClassifierClient<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base_model::ClassifierModel;
     use crate::fl::engine::{client_seed, run_rounds, EngineConfig, EngineState};
     use crate::model::bert::{random_init, BertConfig};
     use crate::peft::AdapterSpec;
-    use crate::tokenize::train_wordpiece;
-    use candle_core::DType;
+    use crate::tokenize::{train_wordpiece, TextTokenizer};
+    use candle_core::{DType, Device};
 
     fn shard(client: u32, n: usize) -> Vec<Example> {
         let words = [
@@ -266,20 +276,25 @@ mod tests {
     }
 
     struct Setup {
-        store: ParamStore,
-        model: BertForSequenceClassification,
-        tok: TextTokenizer,
+        task: TaskModel,
+        net: Net,
     }
 
     fn setup() -> Setup {
         let texts: Vec<String> = (0..3).flat_map(|c| shard(c, 8)).map(|e| e.text_a).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let tok = TextTokenizer::new(train_wordpiece(&refs, 60).unwrap(), "[PAD]").unwrap();
-        let cfg = BertConfig::tiny(tok.vocab_size());
-        let mut store = random_init(&cfg, 3, 17, &Device::Cpu, DType::F32).unwrap();
+        let config = BertConfig::tiny(tok.vocab_size());
+        let mut store = random_init(&config, 3, 17, &Device::Cpu, DType::F32).unwrap();
         store.set_trainable(|_| true).unwrap();
-        let model = BertForSequenceClassification::load(&store, &cfg, &AdapterSpec::NONE).unwrap();
-        Setup { store, model, tok }
+        let task = TaskModel::Classifier(ClassifierModel {
+            config,
+            store,
+            tokenizer: tok,
+            tokenizer_json: String::new(),
+        });
+        let net = task.net(task.store(), &AdapterSpec::NONE).unwrap();
+        Setup { task, net }
     }
 
     const SGD: LocalSgdConfig = LocalSgdConfig {
@@ -287,18 +302,13 @@ mod tests {
         weight_decay: 0.0,
         epochs: 2,
         batch_size: 3,
+        accumulate: 1,
+        max_steps: None,
+        round_lr: RoundLr::Constant,
     };
 
-    fn client(s: Setup, local: Option<LocalPredicate>) -> ClassifierClient<'static> {
-        ClassifierClient::new(
-            s.store,
-            s.model,
-            s.tok,
-            SGD,
-            Box::new(|c| Ok(shard(c, 8))),
-            local,
-        )
-        .unwrap()
+    fn client(s: Setup, local: Option<LocalPredicate>) -> FedAvgClient<'static> {
+        FedAvgClient::new(s.task, s.net, SGD, Box::new(|c| Ok(shard(c, 8))), local).unwrap()
     }
 
     fn engine(rounds: u64) -> EngineConfig {
@@ -335,19 +345,27 @@ mod tests {
         let s = setup();
         let data = shard(2, 8);
         let mut losses = Vec::new();
+        let batch = |ex: &[Example], idx: &[usize]| s.task.batch(ex, idx);
         for round in 1..=2 {
-            let l = train_local(
-                &s.model,
-                &s.store,
+            let (l, _) = train_local(
+                &s.net,
+                &batch,
+                s.task.store(),
                 &data,
-                &s.tok,
                 &SGD,
+                SGD.lr,
                 client_seed(5, round, 2),
             )
             .unwrap();
             losses.push(l);
         }
-        let central: Weights = s.store.export(|_| true).unwrap().into_iter().collect();
+        let central: Weights = s
+            .task
+            .store()
+            .export(|_| true)
+            .unwrap()
+            .into_iter()
+            .collect();
         assert_eq!(flat(&fl.global), flat(&central));
         assert_ne!(
             flat(&init),
@@ -429,10 +447,9 @@ mod tests {
     #[test]
     fn empty_shard_and_missing_label_fail_with_client_and_round() {
         let s = setup();
-        let mut c = ClassifierClient::new(
-            s.store,
-            s.model,
-            s.tok,
+        let mut c = FedAvgClient::new(
+            s.task,
+            s.net,
             SGD,
             Box::new(|c| {
                 if c == 1 {
