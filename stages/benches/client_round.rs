@@ -121,13 +121,7 @@ fn run(s: &Setting) -> Res<()> {
     let net = task.net(task.store(), &AdapterSpec::NONE)?;
     let sgd = LocalSgdConfig::epochs(5e-5, 0.0, 2, s.batch);
     let shard = data.clone();
-    let mut client = FedAvgClient::new(
-        task,
-        net,
-        sgd,
-        Box::new(move |_| Ok(shard.clone())),
-        None,
-    )?;
+    let mut client = FedAvgClient::new(task, net, sgd, Box::new(move |_| Ok(shard.clone())), None)?;
     let mut global: BTreeMap<_, _> = client.shared_weights()?;
     let mut times = Vec::new();
     for round in 0..(s.warmup + s.rounds.max(1)) as u64 {

@@ -28,6 +28,7 @@ pub mod norm;
 
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Tensor};
 
@@ -50,12 +51,20 @@ pub fn composite_scope<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `FEDP2EFT_FUSED=0` switches the fused kernels off for the whole process (read once), to
+/// compare against or benchmark the composite graphs.
+fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("FEDP2EFT_FUSED").as_deref() != Ok("0"))
+}
+
 /// Whether `t` can go through the fused kernels (CPU, f32 or bf16, outside a
-/// [`composite_scope`]).
+/// [`composite_scope`], not switched off by `FEDP2EFT_FUSED=0`).
 pub fn supported(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu)
         && matches!(t.dtype(), DType::F32 | DType::BF16)
         && !COMPOSITE.with(Cell::get)
+        && enabled()
 }
 
 /// Fails when a kernel's backward runs inside a graph-keeping backward pass (the incoming
