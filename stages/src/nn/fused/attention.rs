@@ -233,9 +233,9 @@ impl CustomOp3 for AttentionOp {
         })?;
         let dims = q.dims();
         let grad_of = |v: Vec<f32>, t: &Tensor| -> Result<Option<Tensor>> {
-            Ok(t.track_op()
+            t.track_op()
                 .then(|| tensor_of(v, dims, t.dtype()))
-                .transpose()?)
+                .transpose()
         };
         Ok((grad_of(dq, q)?, grad_of(dk, k)?, grad_of(dv, v)?))
     }

@@ -227,8 +227,8 @@ impl CustomOp2 for AdaptedOp {
                     let (dg, db) = rest.split_at_mut(r);
                     // dg_k = s·Σ_i t_ik·down_ik, rows in order (deterministic).
                     for (trow, drow) in t.chunks_exact(r).zip(down.chunks_exact(r)) {
-                        for k in 0..r {
-                            dg[k] += trow[k] * drow[k];
+                        for ((acc, tv), dv) in dg.iter_mut().zip(trow).zip(drow) {
+                            *acc += tv * dv;
                         }
                     }
                     dg.iter_mut().for_each(|v| *v *= s);
