@@ -296,31 +296,49 @@ mod tests {
         assert_ne!(a, run(12), "different dropout seeds should change the loss");
     }
 
+    /// Tiny LLaMA (causal_lm's test model) with rank-2 LoRA on every linear, B = 0.01 so every
+    /// adapter tensor gets a gradient.
+    fn tiny_llama_lora(dropout: f32) -> (crate::causal_lm::CausalLmModel, ParamStore, Net) {
+        use crate::peft::lora::add_lora;
+        use crate::peft::{AdapterKind, AdapterSpec};
+        let m = crate::causal_lm::tests::tiny();
+        let mut store = m.store.clone();
+        store.set_trainable(|_| false).unwrap();
+        let mods = crate::model::llama::llama_linear_modules(&m.config);
+        add_lora(&mut store, &mods, |_| 2, 3, DType::F32).unwrap();
+        for md in &mods {
+            let b = crate::peft::b_name(&md.name);
+            let t = (store.get(&b).unwrap().ones_like().unwrap() * 0.01).unwrap();
+            store.insert(&b, t, true).unwrap();
+        }
+        let spec = AdapterSpec {
+            kind: AdapterKind::Lora { alpha: 4.0 },
+            dropout,
+        };
+        let net = Net::Llama(m.net(&store, &spec).unwrap());
+        (m, store, net)
+    }
+
+    /// max |t| as f32.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// Accumulating two micro-batches divides by the tokens of both, so the step's gradient
     /// equals that of one batch holding all four sequences (up to f32 summation order, 1e-6).
     #[test]
     fn accumulated_micro_batches_equal_one_large_batch() {
-        use crate::causal_lm::tests::{ex, tiny};
-        use crate::peft::lora::add_lora;
-        use crate::peft::{AdapterKind, AdapterSpec};
-        let m = tiny();
+        use crate::causal_lm::tests::ex;
         let examples: Vec<_> = (0..4).map(ex).collect();
         let grads_of = |groups: Vec<Vec<usize>>| {
-            let mut store = m.store.clone();
-            store.set_trainable(|_| false).unwrap();
-            let mods = crate::model::llama::llama_linear_modules(&m.config);
-            add_lora(&mut store, &mods, |_| 2, 3, DType::F32).unwrap();
-            // B ≠ 0 so every adapter tensor gets a gradient.
-            for md in &mods {
-                let b = crate::peft::b_name(&md.name);
-                let t = (store.get(&b).unwrap().ones_like().unwrap() * 0.01).unwrap();
-                store.insert(&b, t, true).unwrap();
-            }
-            let spec = AdapterSpec {
-                kind: AdapterKind::Lora { alpha: 4.0 },
-                dropout: 0.0,
-            };
-            let net = Net::Llama(m.net(&store, &spec).unwrap());
+            let (m, store, net) = tiny_llama_lora(0.0);
             let batches: Vec<Batch> = groups
                 .iter()
                 .map(|g| Batch::CausalLm(m.batch(&examples, g).unwrap()))
@@ -447,16 +465,6 @@ mod tests {
                 .dtype(),
             DType::BF16
         );
-        let max_abs = |t: &Tensor| -> f32 {
-            t.abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         let mut worst = 0f32;
         for ((name, want), (_, got)) in run(&s32).into_iter().zip(run(&s16)) {
             let e = max_abs(&(&got - &want).unwrap()) / max_abs(&want).max(1e-12);
@@ -489,10 +497,8 @@ mod tests {
     /// whose λ = 0.5, B ~ N(0, 0.5) make activations large).
     #[test]
     fn fused_kernels_match_the_composite_graph_on_whole_models() {
-        use crate::causal_lm::tests::{ex, tiny};
+        use crate::causal_lm::tests::ex;
         use crate::nn::fused::composite_scope;
-        use crate::peft::lora::add_lora;
-        use crate::peft::{AdapterKind, AdapterSpec};
         let compare = |what: &str, store: &ParamStore, net: &Net, batch: &Batch| {
             let run = || {
                 let rng = DropoutRng::new(21);
@@ -513,21 +519,7 @@ mod tests {
                 "{what}: loss {l_f} vs {l_c}"
             );
             for ((name, a), (_, b)) in g_f.iter().zip(&g_c) {
-                let scale = b
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let d = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let (scale, d) = (max_abs(b), max_abs(&(a - b).unwrap()));
                 assert!(
                     d <= 1e-4 * scale.max(1e-12),
                     "{what} {name}: |Δ| {d:e} at scale {scale:e}"
@@ -535,21 +527,7 @@ mod tests {
             }
         };
 
-        let m = tiny();
-        let mut store = m.store.clone();
-        store.set_trainable(|_| false).unwrap();
-        let mods = crate::model::llama::llama_linear_modules(&m.config);
-        add_lora(&mut store, &mods, |_| 2, 3, DType::F32).unwrap();
-        for md in &mods {
-            let b = crate::peft::b_name(&md.name);
-            let t = (store.get(&b).unwrap().ones_like().unwrap() * 0.01).unwrap();
-            store.insert(&b, t, true).unwrap();
-        }
-        let spec = AdapterSpec {
-            kind: AdapterKind::Lora { alpha: 4.0 },
-            dropout: 0.1,
-        };
-        let net = Net::Llama(m.net(&store, &spec).unwrap());
+        let (m, store, net) = tiny_llama_lora(0.1);
         let examples: Vec<_> = (0..4).map(ex).collect();
         let batch = Batch::CausalLm(m.batch(&examples, &[0, 1, 2, 3]).unwrap());
         compare("llama", &store, &net, &batch);
