@@ -382,10 +382,13 @@ mod tests {
                 .collect();
             tiny_lm(size, texts, 6).into()
         };
+        // At lr 1e-2 training is at the edge of stability: f32 rounding differences (fused vs
+        // composite kernels) grow until the generations differ (2/4 or 0/4 learned). At 3e-3
+        // for 80 epochs both learn all four.
         let run = LoraRun {
             budget: 8,
-            epochs: 60,
-            lr: 1e-2,
+            epochs: 80,
+            lr: 3e-3,
             batch_size: 2,
             accumulate: 2,
             seed: 3,

@@ -1,6 +1,12 @@
-//! Differentiable tensor operations built from candle primitives (which all have gradients).
+//! Differentiable tensor operations: fused CPU kernels ([`super::fused`]) where they apply, else
+//! graphs of candle primitives (which all have gradients).
 
-use candle_core::{Result, Tensor, D};
+use std::sync::Arc;
+
+use candle_core::{DType, Result, Tensor, D};
+
+use super::dropout::{apply_mask, DropMask};
+use super::fused;
 
 /// `x · Wᵀ + b` for `x` of shape (…, in) and `W` of shape (out, in), as `torch.nn.Linear`.
 /// Leading dimensions are flattened so one 2-D GEMM runs with `Wᵀ` as a strided view (no copy).
@@ -22,11 +28,88 @@ pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Re
 
 /// `torch.nn.LayerNorm` over the last dimension (biased variance, eps inside the sqrt).
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::supported(xs) {
+        return fused::norm::layer_norm(xs, &Tensor::cat(&[weight, bias], 0)?, eps);
+    }
+    layer_norm_composite(xs, weight, bias, eps)
+}
+
+/// [`layer_norm`] as a graph of candle primitives (other devices; the fused kernel's reference).
+pub fn layer_norm_composite(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let mean = xs.mean_keepdim(D::Minus1)?;
     let centered = xs.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
     normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// BERT's post-LN residual block output `LayerNorm(dropout(a) + residual)`.
+pub fn residual_layer_norm(
+    a: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    dropout: Option<DropMask>,
+) -> Result<Tensor> {
+    if fused::supported(a) && a.dtype() == residual.dtype() {
+        let wb = Tensor::cat(&[weight, bias], 0)?;
+        return fused::norm::residual_layer_norm(a, residual, &wb, eps, dropout);
+    }
+    let a = match dropout {
+        Some(m) => apply_mask(a, m)?,
+        None => a.clone(),
+    };
+    layer_norm_composite(&(a + residual)?, weight, bias, eps)
+}
+
+/// Exact (erf) GELU.
+pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
+    if fused::supported(xs) {
+        return fused::gelu::gelu_erf(xs);
+    }
+    xs.gelu_erf()
+}
+
+/// HF BERT eager self-attention on q, k, v of shape (B, S, H) with `heads` heads:
+/// `dropout(softmax(q·kᵀ/√dh + ext))·v`, where `ext` (B, S) is the additive key mask
+/// ((1 − mask)·finfo.min). Returns the context (B, S, H).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    ext: &Tensor,
+    heads: usize,
+    dropout: Option<DropMask>,
+) -> Result<Tensor> {
+    let (b, s, h) = q.dims3()?;
+    let scale = 1.0 / ((h / heads.max(1)) as f64).sqrt();
+    if fused::supported(q) && q.dtype() == k.dtype() && q.dtype() == v.dtype() {
+        let mask = ext.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        return fused::attention::attention(q, k, v, heads, scale, Arc::new(mask), dropout);
+    }
+    let dh = h / heads;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        t.reshape((b, s, heads, dh))?.transpose(1, 2)?.contiguous()
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let ext = ext.to_dtype(q.dtype())?.reshape((b, 1, 1, s))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&ext)?;
+    let probs = softmax_last_dim(&scores)?;
+    let probs = match dropout {
+        Some(m) => apply_mask(&probs, m)?,
+        None => probs,
+    };
+    probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, s, h))
 }
 
 /// Softmax over the last dimension with max subtraction; differentiable (candle-nn's fused
