@@ -120,11 +120,13 @@ impl Plan {
                 .collect();
             let mut new_indices = Vec::new();
             for combo in matrix::static_combinations(&spec.matrix) {
+                let static_params = matrix::merged_params(&spec.params, &combo);
                 let deps: Vec<usize> = spec
                     .needs
                     .iter()
                     .flat_map(|need| by_stage.get(need.as_str()).cloned().unwrap_or_default())
                     .filter(|&i| matrix::compatible(&plan.instances[i].combo, &combo))
+                    .filter(|&i| kind.reads_input(&static_params, &plan.instances[i].kind))
                     .collect();
                 let deps_done = deps.iter().all(|&i| {
                     plan.instances[i].state == State::Done && !plan.instances[i].pending_expansion

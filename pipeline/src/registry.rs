@@ -79,6 +79,12 @@ pub trait StageKind: Send + Sync {
             self.name()
         )))
     }
+    /// Whether an instance with `params` reads the upstream instances of `upstream_kind` among
+    /// the stages it `needs`. Those it does not read are neither waited for nor part of its key
+    /// (a LoRA personalization does not depend on the PSG it shares a manifest stage with).
+    fn reads_input(&self, _params: &Value, _upstream_kind: &str) -> bool {
+        true
+    }
     /// Files outside the workdir the stage reads (raw data); their digests enter the cache key.
     fn external_inputs(&self, _plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
         Ok(Vec::new())

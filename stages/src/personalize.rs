@@ -209,25 +209,7 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::base_model::{build_classifier, save_classifier, TinyBert};
-
-    fn examples(n: usize, offset: usize) -> Vec<Example> {
-        (0..n)
-            .map(|i| {
-                let label = ((i + offset) % 2) as u32;
-                let word = if label == 0 {
-                    "goal match team"
-                } else {
-                    "vote party law"
-                };
-                Example {
-                    text_a: format!("{word} {i}"),
-                    text_b: None,
-                    label_id: Some(label),
-                    language: "eng".into(),
-                }
-            })
-            .collect()
-    }
+    use crate::methods::testutil::{examples, max_abs_diff};
 
     fn saved_tiny(dir: &Path) -> Vec<String> {
         let labels = vec!["sports".to_string(), "politics".to_string()];
@@ -363,14 +345,7 @@ mod tests {
         );
         let want = (w + b.matmul(&a).unwrap()).unwrap();
         let got = m.store().get(&format!("{module}.weight")).unwrap();
-        let diff: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-6, "max |ΔW − B·A| = {diff}");
     }
 
@@ -407,10 +382,13 @@ mod tests {
                 .collect();
             tiny_lm(size, texts, 6).into()
         };
+        // At lr 1e-2 training is at the edge of stability: f32 rounding differences (fused vs
+        // composite kernels) grow until the generations differ (2/4 or 0/4 learned). At 3e-3
+        // for 80 epochs both learn all four.
         let run = LoraRun {
             budget: 8,
-            epochs: 60,
-            lr: 1e-2,
+            epochs: 80,
+            lr: 3e-3,
             batch_size: 2,
             accumulate: 2,
             seed: 3,

@@ -270,7 +270,11 @@ impl Net {
             (Net::Bert(m), Batch::Classifier(b)) => {
                 let logits = m.forward(&b.input, ctx)?;
                 let n = b.labels.dim(0)?;
-                let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+                // Cross-entropy in f32 whatever the model's dtype (as PyTorch's bf16 autocast).
+                let logp = candle_nn::ops::log_softmax(
+                    &logits.to_dtype(candle_core::DType::F32)?,
+                    candle_core::D::Minus1,
+                )?;
                 let picked = logp.gather(&b.labels.unsqueeze(1)?, 1)?;
                 Ok((picked.sum_all()?.neg()?, n))
             }

@@ -104,3 +104,34 @@ fn zero_budget_is_a_validation_error() {
     assert!(out.contains("`budget`") && out.contains("≥ 1"), "{out}");
     assert!(!s.path().join("wd/store").is_dir(), "{out}");
 }
+
+/// A method's cache key holds only the upstream stages it reads: retraining the PSG reruns
+/// the FedP2EFT personalizations and leaves the LoRA baseline of the same stage cached.
+#[test]
+fn a_method_is_keyed_only_on_the_upstream_stages_it_reads() {
+    let s = Sandbox::new();
+    let with_psg = |rounds: u32| {
+        manifest("lora, fedp2eft")
+            .replace(
+                "  pers:\n    kind: personalize\n    needs: [part, fedavg]",
+                "  pers:\n    kind: personalize\n    needs: [part, fedavg, psg]",
+            )
+            .replace(
+                "  report:\n",
+                &format!(
+                    "  psg:\n    kind: psg/fedp2eft\n    needs: [part, fedavg]\n    params: {{rounds: {rounds}, fraction: 0.5, r_max: 4, alpha: 8, batch_size: 8, max_len: 32}}\n  report:\n"
+                ),
+            )
+    };
+    s.write("m.yaml", &with_psg(1));
+    s.run(&["run", "m.yaml", "-q"]).ok();
+    s.write("m.yaml", &with_psg(2));
+    let r = s.run(&["run", "m.yaml"]);
+    r.ok();
+    // 8 clients: the PSG, the 8 FedP2EFT instances and the report rerun; LoRA's 8 are cached.
+    assert!(
+        r.summary().starts_with("10 executed, 10 cached"),
+        "{}",
+        r.summary()
+    );
+}

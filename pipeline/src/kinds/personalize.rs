@@ -123,6 +123,16 @@ impl StageKind for PersonalizeKind {
         }
         Ok(())
     }
+    fn reads_input(&self, params: &Value, upstream_kind: &str) -> bool {
+        // Each method reads only its own federated/Stage-1 upstream (plus partition and base).
+        let method = params.get("method").and_then(Value::as_str);
+        match upstream_kind {
+            "psg/fedp2eft" => method == Some("fedp2eft"),
+            "psg/fedl2p" => method == Some("fedl2p"),
+            "lambda/bayestune" => method == Some("bayestune_lora"),
+            _ => true,
+        }
+    }
     fn expandable_keys(&self) -> &'static [&'static str] {
         &["client"]
     }

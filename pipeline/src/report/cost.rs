@@ -31,7 +31,9 @@ pub struct CostRow {
 /// One row per (setup, method, phase) present: setups in name order, then the paper's method
 /// order, training before inference.
 pub fn cost_table(records: &[CostRecord]) -> Result<Vec<CostRow>, ReportError> {
-    let mut acc: BTreeMap<(String, Method, Phase), (f64, u64, u64, usize)> = BTreeMap::new();
+    // (setup, method, phase) → (Σ wall seconds, Σ clients, peak RSS, instances).
+    type Acc = (f64, u64, u64, usize);
+    let mut acc: BTreeMap<(String, Method, Phase), Acc> = BTreeMap::new();
     for (i, r) in records.iter().enumerate() {
         if !(r.wall_seconds.is_finite() && r.wall_seconds >= 0.0) || r.clients == 0 {
             return Err(ReportError::invalid(

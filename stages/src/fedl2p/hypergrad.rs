@@ -103,7 +103,11 @@ pub fn pair_hypergrad(
         )));
     }
     let outer = (model.loss(Split::Val, &[pair.val], pair.val_seed)? * pair.scale)?;
-    let inner = (model.loss(Split::Train, &[pair.train], pair.train_seed)? * pair.scale)?;
+    // Differentiated twice: built from candle's primitives, whose backward rules are graphs.
+    let inner = crate::nn::fused::composite_scope(|| {
+        model.loss(Split::Train, &[pair.train], pair.train_seed)
+    })?;
+    let inner = (inner * pair.scale)?;
     let val_loss = scalar(&outer)?;
     let grads = outer.backward()?;
     let g_v: Vec<Tensor> = params

@@ -467,7 +467,8 @@ mod causal_lm_tests {
                 .unwrap()
             })
             .collect();
-        let loss = inner.loss(Split::Train, &[0, 1, 2], 0).unwrap();
+        let loss =
+            crate::nn::fused::composite_scope(|| inner.loss(Split::Train, &[0, 1, 2], 0)).unwrap();
         let g = gradients_with_graph(&loss, &params).unwrap();
         let hv = hessian_vector_product(&g, &params, &dir).unwrap();
         let theta: Vec<Tensor> = params

@@ -135,6 +135,7 @@ pub fn psg_lambdas(
 mod tests {
     use super::*;
     use crate::fl::engine::{run_rounds, EngineConfig, EngineState};
+    use crate::methods::testutil::max_abs_diff;
     use crate::methods::testutil::{examples, tiny_model};
     use crate::peft::bayestune::BayesTuneConfig;
     use crate::psg::init_psg;
@@ -188,25 +189,14 @@ mod tests {
         };
         assert_eq!(losses(&a), losses(&b));
         for (k, t) in &a.global {
-            let d: f32 = (t - &b.global[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = max_abs_diff(t, &b.global[k]);
             assert_eq!(d, 0.0, "{k} differs between identical runs");
         }
         let init = init_psg(&run().psg, 1, &Device::Cpu).unwrap();
-        let moved: f32 = (&a.global["last_layer.bias"] - init.get("last_layer.bias").unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let moved = max_abs_diff(
+            &a.global["last_layer.bias"],
+            &init.get("last_layer.bias").unwrap(),
+        );
         assert!(moved > 1e-3, "the regression should move the PSG ({moved})");
         // The trained PSG gives every module r_max values.
         let store = ParamStore::from_tensors(

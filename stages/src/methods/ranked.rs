@@ -150,6 +150,7 @@ pub fn personalize_ranked(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::methods::testutil::max_abs_diff;
     use crate::methods::testutil::{examples, tiny_model};
     use crate::peft::layer::ForwardCtx;
     use crate::peft::{a_name, lambda_name, AdapterSpec};
@@ -269,14 +270,7 @@ mod tests {
         let unmerged = logits(&sel.store, &r.bayestune.spec());
         merge_into_store(&mut sel.store, &sel.modules, &r.bayestune.spec()).unwrap();
         let merged = logits(&sel.store, &AdapterSpec::NONE);
-        let d: f32 = (unmerged - merged)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs_diff(&unmerged, &merged);
         assert!(d <= 1e-5, "merged vs unmerged logits differ by {d}");
     }
 

@@ -180,6 +180,7 @@ pub fn read_lambdas(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::methods::testutil::max_abs_diff;
     use crate::methods::testutil::{examples, tiny_model};
 
     fn cfg() -> Stage1Config {
@@ -223,14 +224,7 @@ mod tests {
         let c = train_stage1(&model, &train, &cfg(), &LambdaInit::Constant, 1, 3).unwrap();
         assert_ne!(a, c, "the shuffling seed matters");
         for (k, v) in model.store().export(|_| true).unwrap() {
-            let d: f32 = (&v - &before[&k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = max_abs_diff(&v, &before[&k]);
             assert_eq!(d, 0.0, "base parameter {k} changed");
         }
     }

@@ -1,6 +1,6 @@
 //! Tiny classifier and separable examples for the methods' tests.
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use datasets::Example;
 
 use crate::base_model::{build_classifier, ModelSource, TinyBert};
@@ -48,4 +48,11 @@ pub fn tiny_model() -> TaskModel {
     )
     .expect("tiny model")
     .into()
+}
+
+/// max |a − b| over all elements (f32).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("same-shaped f32 tensors")
 }

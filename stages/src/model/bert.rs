@@ -1,7 +1,9 @@
 //! BERT encoder with a sequence-classification head (mBERT architecture, HF
 //! `BertForSequenceClassification`): word/position/type embeddings, post-LN blocks, exact erf
-//! GELU, tanh pooler and a linear classifier. Parameter names follow the HF checkpoint; every
-//! linear is an [`AdaptedLinear`] so LoRA-family adapters in the store are picked up.
+//! GELU, tanh pooler and a linear classifier; the pooler-less encoder alone ([`BertEncoder`],
+//! HF `BertModel` hidden states) with e5's mean pooling for sentence embeddings. Parameter
+//! names follow the HF checkpoint; every linear is an [`AdaptedLinear`] so LoRA-family adapters
+//! in the store are picked up.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +11,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Result as CResult, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{layer_norm, softmax_last_dim, Dropout};
+use crate::nn::{attention, gelu_erf, layer_norm, residual_layer_norm, DropMask, Dropout};
 use crate::params::{ParamError, ParamStore};
 use crate::peft::layer::ForwardCtx;
 use crate::peft::{AdaptedLinear, AdapterSpec, LinearShape};
@@ -401,6 +403,16 @@ impl LayerNorm {
     fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
         layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
+
+    /// `LayerNorm(dropout(a) + residual)`.
+    fn forward_residual(
+        &self,
+        a: &Tensor,
+        residual: &Tensor,
+        drop: Option<DropMask>,
+    ) -> CResult<Tensor> {
+        residual_layer_norm(a, residual, &self.weight, &self.bias, self.eps, drop)
+    }
 }
 
 struct BertLayer {
@@ -414,34 +426,47 @@ struct BertLayer {
     out_ln: LayerNorm,
 }
 
-/// HF `BertForSequenceClassification` over a [`ParamStore`].
-pub struct BertForSequenceClassification {
+/// HF `BertModel` without its pooler: embeddings and the post-LN blocks, returning the last
+/// hidden states (what sentence-embedding models such as e5 mean-pool).
+pub struct BertEncoder {
     cfg: BertConfig,
-    num_labels: usize,
     word: Tensor,
     position: Tensor,
     token_type: Tensor,
     emb_ln: LayerNorm,
     layers: Vec<BertLayer>,
-    pooler: AdaptedLinear,
-    classifier: AdaptedLinear,
     hidden_dropout: Dropout,
     attn_dropout: Dropout,
-    classifier_dropout: Dropout,
 }
 
-impl BertForSequenceClassification {
-    /// Builds the model from the store (the classifier must exist; see [`ensure_classifier`]).
-    pub fn load(store: &ParamStore, cfg: &BertConfig, spec: &AdapterSpec) -> Result<Self> {
+impl BertEncoder {
+    /// Builds the encoder from parameters named `{prefix}embeddings.*` / `{prefix}encoder.*`
+    /// (`prefix` = "bert." inside a classifier checkpoint, "" for a bare `BertModel`).
+    pub fn load(
+        store: &ParamStore,
+        cfg: &BertConfig,
+        spec: &AdapterSpec,
+        prefix: &str,
+    ) -> Result<Self> {
         cfg.validate()?;
         let h = cfg.hidden_size;
-        let cls = store.get("classifier.weight")?;
-        let num_labels = cls.dim(0)?;
-        let mods = cfg.linear_modules(num_labels);
+        // Module names of the linears, with this checkpoint's prefix (adapters key on them).
+        let mods: Vec<LinearShape> = cfg
+            .linear_modules(1)
+            .into_iter()
+            .take(6 * cfg.num_hidden_layers)
+            .map(|m| LinearShape {
+                name: format!(
+                    "{prefix}{}",
+                    m.name.strip_prefix("bert.").unwrap_or(&m.name)
+                ),
+                ..m
+            })
+            .collect();
         let lin = |i: usize| AdaptedLinear::load(store, &mods[i], true, spec);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            let p = format!("bert.encoder.layer.{l}");
+            let p = format!("{prefix}encoder.layer.{l}");
             layers.push(BertLayer {
                 query: lin(6 * l)?,
                 key: lin(6 * l + 1)?,
@@ -463,31 +488,23 @@ impl BertForSequenceClassification {
                 )?,
             });
         }
-        let n = mods.len();
+        let emb = |n: &str, rows: usize| {
+            store.get_shaped(&format!("{prefix}embeddings.{n}.weight"), &[rows, h])
+        };
         Ok(Self {
             cfg: cfg.clone(),
-            num_labels,
-            word: store.get_shaped(
-                "bert.embeddings.word_embeddings.weight",
-                &[cfg.vocab_size, h],
+            word: emb("word_embeddings", cfg.vocab_size)?,
+            position: emb("position_embeddings", cfg.max_position_embeddings)?,
+            token_type: emb("token_type_embeddings", cfg.type_vocab_size)?,
+            emb_ln: LayerNorm::load(
+                store,
+                &format!("{prefix}embeddings.LayerNorm"),
+                h,
+                cfg.layer_norm_eps,
             )?,
-            position: store.get_shaped(
-                "bert.embeddings.position_embeddings.weight",
-                &[cfg.max_position_embeddings, h],
-            )?,
-            token_type: store.get_shaped(
-                "bert.embeddings.token_type_embeddings.weight",
-                &[cfg.type_vocab_size, h],
-            )?,
-            emb_ln: LayerNorm::load(store, "bert.embeddings.LayerNorm", h, cfg.layer_norm_eps)?,
             layers,
-            pooler: lin(n - 2)?,
-            classifier: lin(n - 1)?,
             hidden_dropout: Dropout::new(cfg.hidden_dropout_prob),
             attn_dropout: Dropout::new(cfg.attention_probs_dropout_prob),
-            classifier_dropout: Dropout::new(
-                cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
-            ),
         })
     }
 
@@ -495,65 +512,38 @@ impl BertForSequenceClassification {
         &self.cfg
     }
 
-    pub fn num_labels(&self) -> usize {
-        self.num_labels
-    }
-
-    /// Every adapted linear in module order (see [`BertConfig::linear_modules`]).
-    pub fn linears(&self) -> Vec<&AdaptedLinear> {
-        let mut v = Vec::new();
-        for l in &self.layers {
-            v.extend([
+    /// The encoder's linears in module order.
+    fn linears(&self) -> impl Iterator<Item = &AdaptedLinear> {
+        self.layers.iter().flat_map(|l| {
+            [
                 &l.query,
                 &l.key,
                 &l.value,
                 &l.attn_out,
                 &l.intermediate,
                 &l.output,
-            ]);
-        }
-        v.push(&self.pooler);
-        v.push(&self.classifier);
-        v
+            ]
+        })
     }
 
-    /// Mutable access for merge/unmerge of all adapters.
-    pub fn linears_mut(&mut self) -> Vec<&mut AdaptedLinear> {
-        let mut v = Vec::new();
-        for l in &mut self.layers {
-            v.extend([
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut AdaptedLinear> {
+        self.layers.iter_mut().flat_map(|l| {
+            [
                 &mut l.query,
                 &mut l.key,
                 &mut l.value,
                 &mut l.attn_out,
                 &mut l.intermediate,
                 &mut l.output,
-            ]);
-        }
-        v.push(&mut self.pooler);
-        v.push(&mut self.classifier);
-        v
+            ]
+        })
     }
 
-    /// Merges every adapter into its base weight (evaluation after personalization, §4).
-    pub fn merge_adapters(&mut self) -> CResult<()> {
-        self.linears_mut()
-            .into_iter()
-            .try_for_each(AdaptedLinear::merge)
-    }
-
-    pub fn unmerge_adapters(&mut self) -> CResult<()> {
-        self.linears_mut()
-            .into_iter()
-            .try_for_each(AdaptedLinear::unmerge)
-    }
-
-    /// Logits (B, num_labels). Train mode when `ctx.dropout` is set.
+    /// Last hidden states (B, S, H). Train mode when `ctx.dropout` is set.
     pub fn forward(&self, input: &BertInput, ctx: &ForwardCtx<'_>) -> CResult<Tensor> {
         let (b, s) = input.input_ids.dims2()?;
         let h = self.cfg.hidden_size;
         let nh = self.cfg.num_attention_heads;
-        let dh = h / nh;
         let drop = ctx.dropout;
 
         // Embeddings: word + absolute position + token type, then LayerNorm and dropout.
@@ -581,47 +571,116 @@ impl BertForSequenceClassification {
             .attention_mask
             .to_dtype(dtype)?
             .affine(-1.0, 1.0)?
-            .affine(min, 0.0)?
-            .reshape((b, 1, 1, s))?;
-        let scale = 1.0 / (dh as f64).sqrt();
+            .affine(min, 0.0)?;
 
         for layer in &self.layers {
-            let heads = |t: Tensor| -> CResult<Tensor> {
-                t.reshape((b, s, nh, dh))?.transpose(1, 2)?.contiguous()
-            };
-            let q = heads(layer.query.forward(&hs, ctx)?)?;
-            let k = heads(layer.key.forward(&hs, ctx)?)?;
-            let v = heads(layer.value.forward(&hs, ctx)?)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&ext)?;
-            let probs = self
-                .attn_dropout
-                .forward(&softmax_last_dim(&scores)?, drop)?;
-            let ctx_t = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, s, h))?;
-            let a = self
-                .hidden_dropout
-                .forward(&layer.attn_out.forward(&ctx_t, ctx)?, drop)?;
-            let attn = layer.attn_ln.forward(&(a + &hs)?)?;
-            let inter = layer.intermediate.forward(&attn, ctx)?.gelu_erf()?;
-            let o = self
-                .hidden_dropout
-                .forward(&layer.output.forward(&inter, ctx)?, drop)?;
-            hs = layer.out_ln.forward(&(o + attn)?)?;
+            let q = layer.query.forward(&hs, ctx)?;
+            let k = layer.key.forward(&hs, ctx)?;
+            let v = layer.value.forward(&hs, ctx)?;
+            let ctx_t = attention(&q, &k, &v, &ext, nh, self.attn_dropout.mask(drop))?;
+            let a = layer.attn_out.forward(&ctx_t, ctx)?;
+            let attn = layer
+                .attn_ln
+                .forward_residual(&a, &hs, self.hidden_dropout.mask(drop))?;
+            let inter = gelu_erf(&layer.intermediate.forward(&attn, ctx)?)?;
+            let o = layer.output.forward(&inter, ctx)?;
+            hs = layer
+                .out_ln
+                .forward_residual(&o, &attn, self.hidden_dropout.mask(drop))?;
         }
+        Ok(hs)
+    }
+}
 
+/// Mean pooling over the tokens the attention mask keeps, then L2 normalisation: the sentence
+/// embedding of e5-style models. `hidden` (B, S, H), `mask` (B, S) of 0/1; returns (B, H) f32.
+pub fn mean_pool_normalized(hidden: &Tensor, mask: &Tensor) -> CResult<Tensor> {
+    let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let summed = hidden.to_dtype(DType::F32)?.broadcast_mul(&m)?.sum(1)?;
+    let pooled = summed.broadcast_div(&m.sum(1)?)?;
+    let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?;
+    pooled.broadcast_div(&norm)
+}
+
+/// HF `BertForSequenceClassification` over a [`ParamStore`].
+pub struct BertForSequenceClassification {
+    encoder: BertEncoder,
+    num_labels: usize,
+    pooler: AdaptedLinear,
+    classifier: AdaptedLinear,
+    classifier_dropout: Dropout,
+}
+
+impl BertForSequenceClassification {
+    /// Builds the model from the store (the classifier must exist; see [`ensure_classifier`]).
+    pub fn load(store: &ParamStore, cfg: &BertConfig, spec: &AdapterSpec) -> Result<Self> {
+        let encoder = BertEncoder::load(store, cfg, spec, "bert.")?;
+        let cls = store.get("classifier.weight")?;
+        let num_labels = cls.dim(0)?;
+        let mods = cfg.linear_modules(num_labels);
+        let n = mods.len();
+        Ok(Self {
+            encoder,
+            num_labels,
+            pooler: AdaptedLinear::load(store, &mods[n - 2], true, spec)?,
+            classifier: AdaptedLinear::load(store, &mods[n - 1], true, spec)?,
+            classifier_dropout: Dropout::new(
+                cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
+            ),
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        self.encoder.config()
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    /// Every adapted linear in module order (see [`BertConfig::linear_modules`]).
+    pub fn linears(&self) -> Vec<&AdaptedLinear> {
+        let mut v: Vec<&AdaptedLinear> = self.encoder.linears().collect();
+        v.push(&self.pooler);
+        v.push(&self.classifier);
+        v
+    }
+
+    /// Mutable access for merge/unmerge of all adapters.
+    pub fn linears_mut(&mut self) -> Vec<&mut AdaptedLinear> {
+        let mut v: Vec<&mut AdaptedLinear> = self.encoder.linears_mut().collect();
+        v.push(&mut self.pooler);
+        v.push(&mut self.classifier);
+        v
+    }
+
+    /// Merges every adapter into its base weight (evaluation after personalization, §4).
+    pub fn merge_adapters(&mut self) -> CResult<()> {
+        self.linears_mut()
+            .into_iter()
+            .try_for_each(AdaptedLinear::merge)
+    }
+
+    pub fn unmerge_adapters(&mut self) -> CResult<()> {
+        self.linears_mut()
+            .into_iter()
+            .try_for_each(AdaptedLinear::unmerge)
+    }
+
+    /// Logits (B, num_labels). Train mode when `ctx.dropout` is set.
+    pub fn forward(&self, input: &BertInput, ctx: &ForwardCtx<'_>) -> CResult<Tensor> {
+        let hs = self.encoder.forward(input, ctx)?;
         let first = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pooler.forward(&first, ctx)?.tanh()?;
-        let pooled = self.classifier_dropout.forward(&pooled, drop)?;
+        let pooled = self.classifier_dropout.forward(&pooled, ctx.dropout)?;
         self.classifier.forward(&pooled, ctx)
     }
 }
 
-/// Mean cross-entropy of logits (B, C) against u32 labels (B), as `torch.nn.CrossEntropyLoss`.
+/// Mean cross-entropy of logits (B, C) against u32 labels (B), as `torch.nn.CrossEntropyLoss`;
+/// computed in f32 whatever the model's dtype (as under PyTorch's bf16 autocast).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> CResult<Tensor> {
-    candle_nn::loss::cross_entropy(logits, labels)
+    candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, labels)
 }
 
 /// Arg-max predictions of logits (B, C).

@@ -2,8 +2,9 @@
 //! `rope_scaling`, grouped-query attention, SwiGLU MLP, tied or untied LM head, an optional
 //! KV cache, and the completion-only causal-LM loss.
 //!
-//! Every op is differentiable in candle (no fused custom kernels), so the same forward serves
-//! training (full fine-tuning or LoRA-family adapters) and inference. The model is built from a
+//! The same forward serves training (full fine-tuning or LoRA-family adapters) and inference;
+//! frozen linears (base weights, the LM head) run through the fused CPU kernels, which never
+//! form a frozen weight's gradient (inside `nn::fused::composite_scope`, plain candle ops). The model is built from a
 //! [`ParamStore`] like BERT: every linear of the decoder layers is an [`AdaptedLinear`], so
 //! adapter tensors in the store (`{module}.lora_A.weight`, …) are picked up by module name.
 
@@ -392,7 +393,13 @@ impl LlamaForCausalLM {
         if let Some(obs) = ctx.observe_input {
             obs(LM_HEAD, hidden)?;
         }
-        crate::nn::linear_forward(hidden, &self.lm_head, None)
+        // The head is frozen (tied embeddings under LoRA): the fused kernel skips the
+        // vocabulary-sized weight gradient candle's matmul backward would form.
+        if crate::nn::fused::linear::applies(hidden, &self.lm_head, None) {
+            crate::nn::fused::linear::frozen_linear(hidden, &self.lm_head, None)
+        } else {
+            crate::nn::linear_forward(hidden, &self.lm_head, None)
+        }
     }
 
     /// Forward of a right-padded batch: positions `0..seq` (as HF when no position ids are

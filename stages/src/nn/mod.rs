@@ -1,11 +1,16 @@
 //! Small differentiable building blocks shared by the models and adapters: a plain linear map,
-//! layer norm, a straight-through clamp, and dropout driven by our seeded RNG.
+//! layer norm, GELU, attention, a straight-through clamp, and dropout driven by our seeded RNG.
 //!
 //! candle-nn's fused `layer_norm` and `softmax_last_dim` have no backward pass and its
-//! `Dropout` draws from an unseeded RNG, so training code uses these instead.
+//! `Dropout` draws from an unseeded RNG, so training code uses these instead; on the CPU they
+//! run as the fused kernels of [`fused`].
 
 pub mod dropout;
+pub mod fused;
 pub mod ops;
 
-pub use dropout::{Dropout, DropoutRng};
-pub use ops::{layer_norm, linear_forward, softmax_last_dim, ste_clamp};
+pub use dropout::{DropMask, Dropout, DropoutRng};
+pub use ops::{
+    attention, gelu_erf, layer_norm, linear_forward, residual_layer_norm, softmax_last_dim,
+    ste_clamp,
+};

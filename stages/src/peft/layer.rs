@@ -4,7 +4,7 @@
 use candle_core::{Result as CResult, Tensor};
 
 use super::{a_name, b_name, e_name, lambda_name};
-use crate::nn::{linear_forward, Dropout, DropoutRng};
+use crate::nn::{fused, linear_forward, Dropout, DropoutRng};
 use crate::params::{ParamStore, Result as PResult};
 
 /// Name and size of a base linear layer (weight is out × in, as `torch.nn.Linear`).
@@ -193,19 +193,46 @@ impl AdaptedLinear {
         if let Some(obs) = ctx.observe_input {
             obs(&self.name, xs)?;
         }
-        let y = linear_forward(xs, &self.weight, self.bias.as_ref())?;
+        let fused = fused::linear::applies(xs, &self.weight, self.bias.as_ref());
         let Some(ad) = self.adapter.as_ref().filter(|_| !self.merged) else {
-            return Ok(y);
+            return if fused {
+                fused::linear::frozen_linear(xs, &self.weight, self.bias.as_ref())
+            } else {
+                linear_forward(xs, &self.weight, self.bias.as_ref())
+            };
         };
-        let x = self.dropout.forward(xs, ctx.dropout)?;
+        // The adapter branch runs in the adapters' dtype (f32 adapters on a bf16 base, as PEFT's
+        // autocast_adapter_dtype), its result rounded to the base output's dtype.
+        if fused && fused::supported(&ad.a) {
+            let gain = match &ad.form {
+                Form::Lora => Tensor::ones(ad.a.dim(0)?, ad.a.dtype(), ad.a.device())?,
+                Form::BayesTune { lambda } => lambda.clone(),
+                // x·(A ⊙ E)ᵀ = (x·Aᵀ) ⊙ Eᵀ: E scales each rank.
+                Form::AdaLora { e } => e.flatten_all()?,
+            };
+            return fused::linear::adapted_linear(
+                xs,
+                &self.weight,
+                self.bias.as_ref(),
+                &ad.a,
+                &gain,
+                &ad.b,
+                ad.scaling,
+                self.dropout.mask(ctx.dropout),
+            );
+        }
+        let x = self
+            .dropout
+            .forward(&xs.to_dtype(ad.a.dtype())?, ctx.dropout)?;
         let down = match &ad.form {
             Form::Lora => linear_forward(&x, &ad.a, None)?,
             // λ multiplies A x per rank, raw (unclamped) — PAPER_NOTES §3 [code].
             Form::BayesTune { lambda } => linear_forward(&x, &ad.a, None)?.broadcast_mul(lambda)?,
             Form::AdaLora { e } => linear_forward(&x, &ad.a.broadcast_mul(e)?, None)?,
         };
-        let up = linear_forward(&down, &ad.b, None)?;
-        y + (up * ad.scaling)?
+        let y = linear_forward(xs, &self.weight, self.bias.as_ref())?;
+        let up = (linear_forward(&down, &ad.b, None)? * ad.scaling)?.to_dtype(y.dtype())?;
+        y + up
     }
 
     /// The adapter's ΔW (out × in); None without adapter.
