@@ -427,6 +427,7 @@ fn smollm2_greedy_generation_matches_transformers() {
         assert_eq!(text.trim(), f.texts[r], "row {r} text");
     }
     assert_eq!(new[0], vec![2], "the first prompt is answered by EOS alone");
+}
 
 /// The imported e5 encoder (pooler-less BERT) reproduces the package's own query embeddings.
 #[test]
