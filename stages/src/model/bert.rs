@@ -354,8 +354,8 @@ pub fn save_pretrained(store: &ParamStore, cfg: &BertConfig, dir: &Path) -> Resu
     Ok(())
 }
 
-/// Loads `config.json` and `model.safetensors` from an HF model directory
-/// (`pytorch_model.bin` is not supported). Names matching `trainable` become `Var`s.
+/// Loads `config.json` and `model.safetensors` from an HF model directory (a `pytorch_model.bin`
+/// is converted beforehand by [`crate::import::pytorch`]). Names matching `trainable` become `Var`s.
 pub fn load_pretrained(
     dir: &Path,
     device: &Device,
@@ -369,7 +369,10 @@ pub fn load_pretrained(
             path: st,
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "model.safetensors not found (pytorch_model.bin is not supported)",
+                format!(
+                    "model.safetensors not found{}",
+                    crate::model::hf_layout::pytorch_hint(dir)
+                ),
             ),
         });
     }

@@ -73,10 +73,22 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, HfLayoutError> {
     if !single.exists() {
         return Err(HfLayoutError::Invalid {
             path: dir.to_path_buf(),
-            message: "no model.safetensors or model.safetensors.index.json".into(),
+            message: format!(
+                "no model.safetensors or model.safetensors.index.json{}",
+                pytorch_hint(dir)
+            ),
         });
     }
     Ok(vec![single])
+}
+
+/// A note for a directory that holds a PyTorch checkpoint instead of safetensors.
+pub fn pytorch_hint(dir: &Path) -> &'static str {
+    if dir.join("pytorch_model.bin").exists() || dir.join("pytorch_model.bin.index.json").exists() {
+        " (it has a PyTorch checkpoint: convert it with `pipeline import-model --format pytorch`)"
+    } else {
+        ""
+    }
 }
 
 /// Loads every tensor of the model's safetensors files, converted to `dtype`.
