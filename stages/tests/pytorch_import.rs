@@ -25,6 +25,15 @@ fn tensors(path: &std::path::Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
+fn bits(t: &Tensor) -> Vec<u32> {
+    let t = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    t.to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
 /// Every tensor of `got` equals `want` converted to `dtype`, bit for bit, and the names agree.
 fn assert_same_tensors(
     got: &HashMap<String, Tensor>,
@@ -40,29 +49,8 @@ fn assert_same_tensors(
         let g = &got[name];
         assert_eq!(g.dtype(), dtype, "{name}");
         assert_eq!(g.dims(), w.dims(), "{name}");
-        let g: Vec<u32> = g
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
-        let w: Vec<u32> = w
-            .to_dtype(dtype)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
-        assert_eq!(g, w, "{name}");
+        let w = w.to_dtype(dtype).unwrap();
+        assert_eq!(bits(g), bits(&w), "{name}");
     }
 }
 

@@ -2,31 +2,16 @@
 //! after `kill -9`, stops early after `patience` rounds without improvement, and personalization
 //! reads the LR network of its own budget and writes one learning rate per LoRA matrix.
 
-use crate::util::Sandbox;
+use crate::util::{news_fedavg_stages, Sandbox};
 
-const MANIFEST: &str = r#"
+const MANIFEST: &str = concat!(
+    r#"
 name: fedl2p
 seed: 5
 workdir: WORKDIR
-data_root: DATA
-stages:
-  part:
-    kind: partition/masakhanews
-    params:
-      languages: [eng, lin]
-      clients_per_language: 2
-      max_train_rows_per_language: 40
-      max_test_rows_per_language: 20
-  fedavg:
-    kind: base/fedavg
-    needs: [part]
-    params:
-      model: {tiny: {hidden: 16, layers: 1, heads: 2, intermediate: 32, vocab_size: 120, seed: 1}}
-      rounds: 1
-      fraction: 0.5
-      batch_size: 8
-      max_len: 32
-  fedl2p:
+"#,
+    news_fedavg_stages!(),
+    r#"  fedl2p:
     kind: psg/fedl2p
     needs: [part, fedavg]
     matrix:
@@ -39,7 +24,8 @@ stages:
       pairs: 2
       batch_size: 4
       max_len: 32
-"#;
+"#
+);
 
 const PERSONALIZE: &str = r#"
   pers:

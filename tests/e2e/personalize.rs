@@ -1,31 +1,16 @@
 //! `personalize` over every client of a partition, then `report`: the result tables reach
 //! `export --csv`, and an unknown method is refused before anything runs.
 
-use crate::util::Sandbox;
+use crate::util::{news_fedavg_stages, Sandbox};
 
-const MANIFEST: &str = r#"
+const MANIFEST: &str = concat!(
+    r#"
 name: pers
 seed: 5
 workdir: wd
-data_root: DATA
-stages:
-  part:
-    kind: partition/masakhanews
-    params:
-      languages: [eng, lin]
-      clients_per_language: 2
-      max_train_rows_per_language: 40
-      max_test_rows_per_language: 20
-  fedavg:
-    kind: base/fedavg
-    needs: [part]
-    params:
-      model: {tiny: {hidden: 16, layers: 1, heads: 2, intermediate: 32, vocab_size: 120, seed: 1}}
-      rounds: 1
-      fraction: 0.5
-      batch_size: 8
-      max_len: 32
-  pers:
+"#,
+    news_fedavg_stages!(),
+    r#"  pers:
     kind: personalize
     needs: [part, fedavg]
     matrix:
@@ -38,7 +23,8 @@ stages:
   report:
     kind: report
     needs: [pers]
-"#;
+"#
+);
 
 fn manifest(method: &str) -> String {
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data");

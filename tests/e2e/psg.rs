@@ -2,31 +2,16 @@
 //! after `kill -9`, BayesTune's Stage 1 runs once per client whatever the number of budgets,
 //! and every BayesTune-based personalization keeps exactly r_b × #modules ranks.
 
-use crate::util::Sandbox;
+use crate::util::{news_fedavg_stages, Sandbox};
 
-const MANIFEST: &str = r#"
+const MANIFEST: &str = concat!(
+    r#"
 name: psg
 seed: 11
 workdir: WORKDIR
-data_root: DATA
-stages:
-  part:
-    kind: partition/masakhanews
-    params:
-      languages: [eng, lin]
-      clients_per_language: 2
-      max_train_rows_per_language: 40
-      max_test_rows_per_language: 20
-  fedavg:
-    kind: base/fedavg
-    needs: [part]
-    params:
-      model: {tiny: {hidden: 16, layers: 1, heads: 2, intermediate: 32, vocab_size: 120, seed: 1}}
-      rounds: 1
-      fraction: 0.5
-      batch_size: 8
-      max_len: 32
-  psg:
+"#,
+    news_fedavg_stages!(),
+    r#"  psg:
     kind: psg/fedp2eft
     needs: [part, fedavg]
     params:
@@ -36,7 +21,8 @@ stages:
       alpha: 8
       batch_size: 8
       max_len: 32
-"#;
+"#
+);
 
 const PERSONALIZE: &str = r#"
   stage1:

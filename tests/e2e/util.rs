@@ -3,6 +3,34 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The data root and first two stages shared by the FL manifests of these tests: MasakhaNEWS
+/// eng + lin with two clients each (fixture data, `DATA` replaced by the test), and one FedAvg
+/// round of a tiny BERT. A literal, for `concat!` after a manifest's `name`/`seed`/`workdir`.
+macro_rules! news_fedavg_stages {
+    () => {
+        r#"data_root: DATA
+stages:
+  part:
+    kind: partition/masakhanews
+    params:
+      languages: [eng, lin]
+      clients_per_language: 2
+      max_train_rows_per_language: 40
+      max_test_rows_per_language: 20
+  fedavg:
+    kind: base/fedavg
+    needs: [part]
+    params:
+      model: {tiny: {hidden: 16, layers: 1, heads: 2, intermediate: 32, vocab_size: 120, seed: 1}}
+      rounds: 1
+      fraction: 0.5
+      batch_size: 8
+      max_len: 32
+"#
+    };
+}
+pub(crate) use news_fedavg_stages;
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
 }

@@ -8,9 +8,9 @@
 //! Only the zip-based format of torch ≥ 1.6 is read (candle's pickle reader); older files must be
 //! re-saved with a current torch.
 
-use crate::model::hf_layout::{write_model_dir, HfLayoutError};
+use crate::model::hf_layout::{shard_files, write_model_dir, HfLayoutError};
 use candle_core::{DType, Tensor};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Errors importing a PyTorch checkpoint directory; each names the file at fault.
@@ -29,7 +29,7 @@ pub enum PytorchImportError {
         source: candle_core::Error,
     },
     #[error(transparent)]
-    Write(#[from] HfLayoutError),
+    Layout(#[from] HfLayoutError),
 }
 
 /// What an import wrote.
@@ -51,39 +51,7 @@ fn is_buffer(name: &str, dtype: DType) -> bool {
 /// The checkpoint files of `dir`: the shards of `pytorch_model.bin.index.json` if present, else
 /// `pytorch_model.bin`.
 pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, PytorchImportError> {
-    let index = dir.join("pytorch_model.bin.index.json");
-    if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|source| PytorchImportError::Io {
-            path: index.clone(),
-            source,
-        })?;
-        let invalid = |message: String| PytorchImportError::Invalid {
-            path: index.clone(),
-            message,
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| invalid(format!("invalid JSON: {e}")))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| invalid("missing object \"weight_map\"".into()))?;
-        let mut files = BTreeSet::new();
-        for (name, f) in map {
-            let f = f
-                .as_str()
-                .ok_or_else(|| invalid(format!("weight_map[{name:?}] is not a file name")))?;
-            files.insert(dir.join(f));
-        }
-        return Ok(files.into_iter().collect());
-    }
-    let single = dir.join("pytorch_model.bin");
-    if !single.exists() {
-        return Err(PytorchImportError::Invalid {
-            path: dir.to_path_buf(),
-            message: "no pytorch_model.bin or pytorch_model.bin.index.json".into(),
-        });
-    }
-    Ok(vec![single])
+    Ok(shard_files(dir, "pytorch_model.bin", "")?)
 }
 
 /// Reads every tensor of one checkpoint file (all on the CPU).

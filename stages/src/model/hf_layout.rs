@@ -44,7 +44,14 @@ pub fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, HfLa
 /// Safetensors files of a model: the shards named by `model.safetensors.index.json` if present,
 /// else `model.safetensors`.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, HfLayoutError> {
-    let index = dir.join("model.safetensors.index.json");
+    shard_files(dir, "model.safetensors", pytorch_hint(dir))
+}
+
+/// The files of a checkpoint saved as `single` or as shards listed in `{single}.index.json`
+/// (its `weight_map`), as transformers writes both safetensors and `.bin` checkpoints. `note`
+/// ends the message when neither is there.
+pub fn shard_files(dir: &Path, single: &str, note: &str) -> Result<Vec<PathBuf>, HfLayoutError> {
+    let index = dir.join(format!("{single}.index.json"));
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(io(&index))?;
         let v: serde_json::Value =
@@ -52,34 +59,31 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, HfLayoutError> {
                 path: index.clone(),
                 source,
             })?;
+        let invalid = |message: String| HfLayoutError::Invalid {
+            path: index.clone(),
+            message,
+        };
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| HfLayoutError::Invalid {
-                path: index.clone(),
-                message: "missing object \"weight_map\"".into(),
-            })?;
+            .ok_or_else(|| invalid("missing object \"weight_map\"".into()))?;
         let mut files = BTreeSet::new();
         for (name, f) in map {
-            let f = f.as_str().ok_or_else(|| HfLayoutError::Invalid {
-                path: index.clone(),
-                message: format!("weight_map[{name:?}] is not a file name"),
-            })?;
+            let f = f
+                .as_str()
+                .ok_or_else(|| invalid(format!("weight_map[{name:?}] is not a file name")))?;
             files.insert(dir.join(f));
         }
         return Ok(files.into_iter().collect());
     }
-    let single = dir.join("model.safetensors");
-    if !single.exists() {
+    let path = dir.join(single);
+    if !path.exists() {
         return Err(HfLayoutError::Invalid {
             path: dir.to_path_buf(),
-            message: format!(
-                "no model.safetensors or model.safetensors.index.json{}",
-                pytorch_hint(dir)
-            ),
+            message: format!("no {single} or {single}.index.json{note}"),
         });
     }
-    Ok(vec![single])
+    Ok(vec![path])
 }
 
 /// A note for a directory that holds a PyTorch checkpoint instead of safetensors.
