@@ -1,5 +1,6 @@
 //! Prompt templates for Fed-Aya (PAPER_NOTES §1): the Alpaca template of FedLLM-Bench
-//! (`utils/template.py`, used for MobileLLaMA) and the Llama-3 chat template (Llama-3.2-Instruct).
+//! (`utils/template.py`, used for MobileLLaMA), the Llama-3 chat template (Llama-3.2-Instruct),
+//! and SmolLM2-Instruct's ChatML template (the laptop-scale real-weights model).
 
 /// The response marker of the Alpaca template; its token ids mark where the completion-only
 /// loss starts (FedLLM-Bench passes `'\n### Response:'` to TRL's collator).
@@ -15,12 +16,20 @@ const ALPACA_HEAD: &str =
 /// (transformers would insert today's date).
 const LLAMA3_SYSTEM: &str = "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>";
 
+/// SmolLM2-Instruct's chat template (`tokenizer.chat_template` of its GGUF) puts this system
+/// turn first when the conversation has none.
+const SMOLLM2_SYSTEM: &str =
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+
 /// Which prompt format a model is trained/evaluated with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptTemplate {
     Alpaca,
     Llama3Chat,
+    /// ChatML as SmolLM2-Instruct's template renders one user turn (its default system turn
+    /// included, content not trimmed, no BOS).
+    Smollm2Chat,
 }
 
 impl PromptTemplate {
@@ -33,6 +42,10 @@ impl PromptTemplate {
                 llama3_chat_prompt(instruction),
                 response.trim()
             ),
+            // The template closes every turn with `<|im_end|>` and a newline.
+            Self::Smollm2Chat => {
+                format!("{}{response}<|im_end|>\n", smollm2_chat_prompt(instruction))
+            }
         }
     }
 
@@ -41,6 +54,7 @@ impl PromptTemplate {
         match self {
             Self::Alpaca => alpaca_prompt(instruction),
             Self::Llama3Chat => llama3_chat_prompt(instruction),
+            Self::Smollm2Chat => smollm2_chat_prompt(instruction),
         }
     }
 
@@ -49,6 +63,7 @@ impl PromptTemplate {
         match self {
             Self::Alpaca => ALPACA_RESPONSE_MARKER,
             Self::Llama3Chat => "<|start_header_id|>assistant<|end_header_id|>\n\n",
+            Self::Smollm2Chat => "<|im_start|>assistant\n",
         }
     }
 }
@@ -75,6 +90,12 @@ pub fn llama3_chat_prompt(instruction: &str) -> String {
     )
 }
 
+/// SmolLM2-Instruct's ChatML prompt for one user turn with the generation prompt, as its
+/// `apply_chat_template(add_generation_prompt=True)` renders it.
+pub fn smollm2_chat_prompt(instruction: &str) -> String {
+    format!("{SMOLLM2_SYSTEM}<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +120,35 @@ mod tests {
         assert!(t.starts_with(&p));
         assert!(t.ends_with("Buenas<|eot_id|>"));
         assert!(p.contains("user<|end_header_id|>\n\nHola<|eot_id|>"));
+    }
+
+    /// Both renderings equal transformers' `apply_chat_template` with the template from
+    /// SmolLM2-Instruct's GGUF (fixture: tests/fixtures/gen/chat_templates.py), exactly.
+    #[test]
+    fn smollm2_chat_matches_the_models_own_template() {
+        #[derive(serde::Deserialize)]
+        struct Case {
+            instruction: String,
+            response: String,
+            generation_prompt: String,
+            conversation: String,
+        }
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/imported/smollm2_chat_template.json"
+        );
+        let cases: Vec<Case> =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(cases.len() >= 3);
+        for c in &cases {
+            let t = PromptTemplate::Smollm2Chat;
+            assert_eq!(t.generation_prompt(&c.instruction), c.generation_prompt);
+            assert_eq!(
+                t.training_text(&c.instruction, &c.response, "unused"),
+                c.conversation
+            );
+            assert!(c.conversation.starts_with(&c.generation_prompt));
+            assert!(c.generation_prompt.ends_with(t.response_marker()));
+        }
     }
 }
