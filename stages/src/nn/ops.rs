@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Shape};
 use candle_core::{DType, Result, Tensor, D};
 
 use super::dropout::{apply_mask, DropMask};
@@ -10,6 +12,8 @@ use super::fused;
 
 /// `x · Wᵀ + b` for `x` of shape (…, in) and `W` of shape (out, in), as `torch.nn.Linear`.
 /// Leading dimensions are flattened so one 2-D GEMM runs with `Wᵀ` as a strided view (no copy).
+/// A weight outside autograd (frozen base, merged weight) goes through [`FrozenRhsMatmul`]
+/// (where the fused kernels do not apply: other devices, second-order graphs).
 pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = xs.dims().to_vec();
     let in_dim = *dims
@@ -17,13 +21,83 @@ pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Re
         .expect("linear input has at least one dimension");
     let rows = xs.elem_count() / in_dim.max(1);
     let x2 = xs.reshape((rows, in_dim))?;
-    let mut y = x2.matmul(&weight.t()?)?;
+    let mut y = if weight.track_op() {
+        x2.matmul(&weight.t()?)?
+    } else {
+        x2.apply_op2(weight, FrozenRhsMatmul)?
+    };
     if let Some(b) = bias {
         y = y.broadcast_add(b)?;
     }
     let mut out_dims = dims;
     *out_dims.last_mut().expect("non-empty") = weight.dim(0)?;
     y.reshape(out_dims)
+}
+
+/// `x · Wᵀ` (x: rows × in, W: out × in) whose backward pass returns only ∂/∂x = g · W.
+/// candle's matmul backward also forms ∂/∂W for a weight that no gradient is asked of: for a
+/// frozen base under LoRA that is a third of every training step's FLOPs (and a weight-sized
+/// gradient buffer per linear). The forward runs the very GEMM of `x.matmul(&w.t())` (same
+/// layouts), so values are bit-identical to the plain path; its backward is itself a candle
+/// matmul, so second-order gradients (FedL2P's Hessian-vector products) pass through it.
+struct FrozenRhsMatmul;
+
+impl FrozenRhsMatmul {
+    fn fwd<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<(S, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (n, k2) = wl.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("linear: input has {k} features, weight expects {k2}");
+        }
+        let y = x.matmul(w, (1, m, n, k), xl, &wl.transpose(0, 1)?)?;
+        Ok((y, Shape::from((m, n))))
+    }
+}
+
+impl CustomOp2 for FrozenRhsMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-rhs-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Self::fwd(x, xl, w, wl)
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Self::fwd(x, xl, w, wl)
+    }
+
+    fn metal_fwd(
+        &self,
+        x: &MetalStorage,
+        xl: &Layout,
+        w: &MetalStorage,
+        wl: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        Self::fwd(x, xl, w, wl)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
+    }
 }
 
 /// `torch.nn.LayerNorm` over the last dimension (biased variance, eps inside the sqrt).
@@ -132,6 +206,52 @@ pub fn ste_clamp(xs: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn frozen_weight_linear_equals_plain_matmul_and_skips_its_gradient() {
+        use crate::peft::lora::normal_tensor;
+        let dev = Device::Cpu;
+        let f32 = candle_core::DType::F32;
+        let x = Var::from_tensor(&normal_tensor(1, (6, 5), 1.0, &dev, f32).unwrap()).unwrap();
+        let w = normal_tensor(2, (3, 5), 1.0, &dev, f32).unwrap();
+        let b = normal_tensor(3, (1, 3), 1.0, &dev, f32)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let xs = x.as_tensor().reshape((2, 3, 5)).unwrap();
+        let y = linear_forward(&xs, &w, Some(&b)).unwrap();
+        let plain = xs
+            .reshape((6, 5))
+            .unwrap()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .reshape((2, 3, 3))
+            .unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&y), flat(&plain), "same GEMM, same bits");
+        let up = normal_tensor(4, (2, 9), 1.0, &dev, f32)
+            .unwrap()
+            .reshape((2, 3, 3));
+        let loss = |t: &Tensor| (t * up.as_ref().unwrap()).unwrap().sum_all().unwrap();
+        let g = loss(&y).backward().unwrap();
+        let gp = loss(&plain).backward().unwrap();
+        let gx = g.get(x.as_tensor()).unwrap();
+        let gxp = gp.get(x.as_tensor()).unwrap();
+        let e = (gx - gxp).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(e.to_scalar::<f32>().unwrap() < 1e-6);
+        assert!(
+            g.get(&w).is_none(),
+            "no gradient formed for the frozen weight"
+        );
+        // A trainable weight keeps the plain path and gets its gradient.
+        let wv = Var::from_tensor(&w).unwrap();
+        let gw = loss(&linear_forward(&xs, wv.as_tensor(), Some(&b)).unwrap())
+            .backward()
+            .unwrap();
+        assert!(gw.get(wv.as_tensor()).is_some());
+    }
 
     #[test]
     fn ste_clamp_passes_gradient_through() {
