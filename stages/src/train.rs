@@ -320,6 +320,23 @@ mod tests {
     }
 
     /// max |t| as f32.
+    /// Two rows of six tokens, the second right-padded by two.
+    fn two_row_batch() -> ClassifierBatch {
+        ClassifierBatch {
+            input: BertInput {
+                input_ids: Tensor::new(&[[2u32, 7, 9, 4, 11, 3], [3, 5, 8, 1, 0, 0]], &Device::Cpu)
+                    .unwrap(),
+                attention_mask: Tensor::new(
+                    &[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]],
+                    &Device::Cpu,
+                )
+                .unwrap(),
+                token_type_ids: Tensor::zeros((2, 6), DType::U32, &Device::Cpu).unwrap(),
+            },
+            labels: Tensor::new(&[1u32, 0], &Device::Cpu).unwrap(),
+        }
+    }
+
     fn max_abs(t: &Tensor) -> f32 {
         t.abs()
             .unwrap()
@@ -414,19 +431,7 @@ mod tests {
             }
             store
         };
-        let batch = ClassifierBatch {
-            input: BertInput {
-                input_ids: Tensor::new(&[[2u32, 7, 9, 4, 11, 3], [3, 5, 8, 1, 0, 0]], &Device::Cpu)
-                    .unwrap(),
-                attention_mask: Tensor::new(
-                    &[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]],
-                    &Device::Cpu,
-                )
-                .unwrap(),
-                token_type_ids: Tensor::zeros((2, 6), DType::U32, &Device::Cpu).unwrap(),
-            },
-            labels: Tensor::new(&[1u32, 0], &Device::Cpu).unwrap(),
-        };
+        let batch = two_row_batch();
         let run = |store: &ParamStore| {
             let model = BertForSequenceClassification::load(store, &cfg, &bt.spec()).unwrap();
             let logits = model.forward(&batch.input, &ForwardCtx::eval()).unwrap();
@@ -556,19 +561,7 @@ mod tests {
                 .unwrap();
         }
         let net = Net::Bert(BertForSequenceClassification::load(&store, &cfg, &bt.spec()).unwrap());
-        let batch = Batch::Classifier(ClassifierBatch {
-            input: BertInput {
-                input_ids: Tensor::new(&[[2u32, 7, 9, 4, 11, 3], [3, 5, 8, 1, 0, 0]], &Device::Cpu)
-                    .unwrap(),
-                attention_mask: Tensor::new(
-                    &[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]],
-                    &Device::Cpu,
-                )
-                .unwrap(),
-                token_type_ids: Tensor::zeros((2, 6), DType::U32, &Device::Cpu).unwrap(),
-            },
-            labels: Tensor::new(&[1u32, 0], &Device::Cpu).unwrap(),
-        });
+        let batch = Batch::Classifier(two_row_batch());
         compare("bert", &store, &net, &batch);
     }
 }
