@@ -467,6 +467,27 @@ impl SourceLines {
 mod tests {
     use super::*;
 
+    /// Every manifest shipped in `manifests/` parses and passes each stage kind's parameter
+    /// validation (running them needs models and data; this does not).
+    #[test]
+    fn every_committed_manifest_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+        let registry = crate::kinds::registry();
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let m = Manifest::load(&path, &registry, None)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                names.push(m.name);
+            }
+        }
+        names.sort();
+        for want in ["fedaya", "masakhanews", "smoke", "xnli"] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+    }
+
     #[test]
     fn source_lines_locate_nested_keys() {
         let text = "name: x\nseed: 1\nstages:\n  a:\n    kind: k\n    params:\n      lr: 1\n  b:\n    kind: k\n";
