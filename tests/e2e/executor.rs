@@ -441,9 +441,21 @@ fn smoke_manifest_runs_and_is_cached() {
             .join(format!("report_news__masakhanews_{pool}_fedavg.md"))
             .is_file());
     }
-    assert!(out
-        .join("report_news__rank_structure_fedp2eft.png")
-        .is_file());
+    // Three base models under one report: a table per base, rank plots per personalize stage.
+    for base in ["dept_spec", "feddpa_t"] {
+        assert!(out
+            .join(format!("report_news__masakhanews_seen_{base}.csv"))
+            .is_file());
+    }
+    for stage in [
+        "personalize_news_fedavg",
+        "personalize_news_dept",
+        "personalize_news_feddpa",
+    ] {
+        assert!(out
+            .join(format!("report_news__{stage}_rank_structure_fedp2eft.png"))
+            .is_file());
+    }
     // Fed-Aya: generations scored by ROUGE-1/L and METEOR, one table per pool with every method.
     for pool in ["seen", "unseen"] {
         let t = out.join(format!("report_aya__aya_test_sets_{pool}_fedavg.csv"));

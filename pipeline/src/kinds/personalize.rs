@@ -4,7 +4,7 @@
 //! (FedL2P also `lrs.csv`).
 //! `report` (PAPER_NOTES §7) turns every upstream `result.csv` into the result tables.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -31,8 +31,8 @@ use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError
 use crate::report::read::{
     read_classification_results, read_generation_scores, read_lambda_vectors, read_rank_records,
 };
-use crate::report::Method;
-use crate::report::{write_report, ReportInputs, ReportOptions};
+use crate::report::{write_rank_and_lambda_plots, write_report, ReportInputs, ReportOptions};
+use crate::report::{LambdaVector, Method, RankRecord};
 
 pub fn register(r: &mut Registry) {
     r.register(Arc::new(PersonalizeKind));
@@ -432,7 +432,7 @@ impl StageKind for ReportKind {
         "report"
     }
     fn version(&self) -> u32 {
-        3
+        4
     }
     fn describe(&self) -> &'static str {
         "result tables and plots from every upstream personalize result (and score stage)"
@@ -456,12 +456,10 @@ impl StageKind for ReportKind {
             );
         }
         let mut results = Vec::new();
-        let mut ranks = Vec::new();
-        let mut lambdas = Vec::new();
-        // Kept ranks and λ do not depend on the fine-tuning seed for FedP2EFT; keep the first
-        // instance's per (method, budget, client) so seeds do not count twice in the plots.
-        let mut seen_ranks = BTreeSet::new();
-        let mut seen_lambdas = BTreeSet::new();
+        // Rank records and λ per personalize stage (one base model each): a plot pools clients
+        // of one base. Kept ranks and λ do not depend on the fine-tuning seed for FedP2EFT; keep
+        // the first instance's per (method, budget, client) so seeds do not count twice.
+        let mut groups: BTreeMap<String, PlotGroup> = BTreeMap::new();
         for a in inputs {
             // Classification instances carry their accuracy counts; generation ones are scored
             // by the `score` stage.
@@ -469,22 +467,25 @@ impl StageKind for ReportKind {
             if result_file.is_file() {
                 results.extend(read_classification_results(&result_file).map_err(err)?);
             }
+            let g = groups.entry(a.stage.clone()).or_default();
             let rank_file = a.dir.join("ranks.csv");
             let mut is_psg = false;
             if rank_file.is_file() {
                 let recs = read_rank_records(&rank_file).map_err(err)?;
                 if let Some(r) = recs.first() {
                     is_psg = r.method == Method::FedP2eft;
-                    if seen_ranks.insert((r.method, r.budget, r.client_id.clone())) {
-                        ranks.extend(recs);
+                    if g.seen_ranks
+                        .insert((r.method, r.budget, r.client_id.clone()))
+                    {
+                        g.ranks.extend(recs);
                     }
                 }
             }
             let lambda_file = a.dir.join("lambdas.csv");
             if is_psg && lambda_file.is_file() {
                 for v in read_lambda_vectors(&lambda_file).map_err(err)? {
-                    if seen_lambdas.insert(v.client_id.clone()) {
-                        lambdas.push(v);
+                    if g.seen_lambdas.insert(v.client_id.clone()) {
+                        g.lambdas.push(v);
                     }
                 }
             }
@@ -494,28 +495,60 @@ impl StageKind for ReportKind {
             opts.rank_budgets = b;
         }
         let dir = ctx.out_dir().join("tables");
-        let written = write_report(
+        // One personalize stage: plain file names; several: each stage's plots prefixed by it.
+        let single = groups.len() == 1;
+        let (ranks, lambdas) = match groups.values().next() {
+            Some(g) if single => (g.ranks.as_slice(), g.lambdas.as_slice()),
+            _ => (&[][..], &[][..]),
+        };
+        let mut written = write_report(
             &ReportInputs {
                 classification: &results,
                 generation: &generation,
-                ranks: &ranks,
-                lambdas: &lambdas,
+                ranks,
+                lambdas,
                 ..ReportInputs::default()
             },
             &opts,
             &dir,
         )
         .map_err(err)?;
+        if !single {
+            for (stage, g) in &groups {
+                written.extend(
+                    write_rank_and_lambda_plots(
+                        &g.ranks,
+                        &g.lambdas,
+                        &opts,
+                        &dir,
+                        &format!("{stage}_"),
+                    )
+                    .map_err(err)?,
+                );
+            }
+        }
+        let (ranks, lambdas) = groups
+            .values()
+            .fold((0, 0), |(r, l), g| (r + g.ranks.len(), l + g.lambdas.len()));
         ctx.log(&format!(
             "{} classification results, {} generation scores, {} rank records, {} λ vectors, {} files",
             results.len(),
             generation.len(),
-            ranks.len(),
-            lambdas.len(),
+            ranks,
+            lambdas,
             written.len()
         ));
         Ok(())
     }
+}
+
+/// The rank records and λ vectors of one personalize stage.
+#[derive(Default)]
+struct PlotGroup {
+    ranks: Vec<RankRecord>,
+    lambdas: Vec<LambdaVector>,
+    seen_ranks: BTreeSet<(Method, u32, String)>,
+    seen_lambdas: BTreeSet<String>,
 }
 
 fn err(e: impl std::fmt::Display) -> StageError {

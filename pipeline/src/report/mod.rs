@@ -41,7 +41,7 @@ pub use results::{
 };
 pub use stats::{mean, sample_sd};
 pub use table_csv::{result_table_frame, write_result_tables};
-pub use write_all::{write_report, ReportInputs, ReportOptions};
+pub use write_all::{write_rank_and_lambda_plots, write_report, ReportInputs, ReportOptions};
 
 #[cfg(test)]
 mod tests {

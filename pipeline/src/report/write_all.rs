@@ -8,7 +8,7 @@ use super::budget_curve::plot_metric_vs_budget;
 use super::cost::{cost_table, write_cost_table};
 use super::files::slug;
 use super::lambda_distance::{
-    language_distance, plot_language_distance, write_language_distance, Norm,
+    language_distance, plot_language_distance, write_language_distance, DistanceMatrix, Norm,
 };
 use super::rank_structure::{plot_rank_structure, rank_grid};
 use super::records::{
@@ -66,38 +66,7 @@ pub fn write_report(
     let cls = classification_tables(inputs.classification, &opts.tables)?;
     let gen = generation_tables(inputs.generation, &opts.tables)?;
     let cost = cost_table(inputs.cost)?;
-    let mut rank_plots: Vec<(Method, Vec<u32>)> = Vec::new();
-    for method in Method::ALL {
-        let present: BTreeSet<u32> = inputs
-            .ranks
-            .iter()
-            .filter(|r| r.method == *method)
-            .map(|r| r.budget)
-            .collect();
-        let budgets: Vec<u32> = opts
-            .rank_budgets
-            .iter()
-            .copied()
-            .filter(|b| present.contains(b))
-            .collect();
-        if !budgets.is_empty() {
-            for &b in &budgets {
-                rank_grid(inputs.ranks, *method, b)?;
-            }
-            rank_plots.push((*method, budgets));
-        }
-    }
-    let order = &opts.tables.language_order;
-    let distance = if inputs.lambdas.is_empty() {
-        None
-    } else {
-        Some(language_distance(
-            inputs.lambdas,
-            opts.distance_norm,
-            order,
-        )?)
-    };
-
+    let plots = plan_plots(inputs.ranks, inputs.lambdas, opts)?;
     let mut written = write_result_tables(&cls, dir)?;
     written.extend(write_result_tables(&gen, dir)?);
     for (tables, metric) in [(&cls, Metric::Accuracy), (&gen, Metric::Meteor)] {
@@ -114,21 +83,84 @@ pub fn write_report(
     if !cost.is_empty() {
         written.extend(write_cost_table(&cost, dir)?);
     }
-    for (method, budgets) in rank_plots {
-        let stem = format!("rank_structure_{}", method.as_str());
-        written.extend(plot_rank_structure(
-            inputs.ranks,
-            method,
-            &budgets,
-            dir,
-            &stem,
-        )?);
+    written.extend(write_plots(&plots, inputs.ranks, dir, "")?);
+    Ok(written)
+}
+
+/// The rank-structure plots (`rank_structure_<method>`) and the λ language distances
+/// (`lambda_distance_<norm>`) of one group of clients, file names prefixed by `prefix`. Each
+/// plot pools every record given: call once per base model.
+pub fn write_rank_and_lambda_plots(
+    ranks: &[RankRecord],
+    lambdas: &[LambdaVector],
+    opts: &ReportOptions,
+    dir: &Path,
+    prefix: &str,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let plan = plan_plots(ranks, lambdas, opts)?;
+    write_plots(&plan, ranks, dir, prefix)
+}
+
+/// What the rank and λ plots of a group will show, validated.
+struct PlotPlan {
+    rank_plots: Vec<(Method, Vec<u32>)>,
+    distance: Option<DistanceMatrix>,
+}
+
+fn plan_plots(
+    ranks: &[RankRecord],
+    lambdas: &[LambdaVector],
+    opts: &ReportOptions,
+) -> Result<PlotPlan, ReportError> {
+    let mut rank_plots: Vec<(Method, Vec<u32>)> = Vec::new();
+    for method in Method::ALL {
+        let present: BTreeSet<u32> = ranks
+            .iter()
+            .filter(|r| r.method == *method)
+            .map(|r| r.budget)
+            .collect();
+        let budgets: Vec<u32> = opts
+            .rank_budgets
+            .iter()
+            .copied()
+            .filter(|b| present.contains(b))
+            .collect();
+        if !budgets.is_empty() {
+            for &b in &budgets {
+                rank_grid(ranks, *method, b)?;
+            }
+            rank_plots.push((*method, budgets));
+        }
     }
-    if let Some(m) = distance {
-        let stem = format!("lambda_distance_{}", m.norm.as_str().to_lowercase());
-        written.push(write_language_distance(&m, dir, &stem)?);
+    let order = &opts.tables.language_order;
+    let distance = if lambdas.is_empty() {
+        None
+    } else {
+        Some(language_distance(lambdas, opts.distance_norm, order)?)
+    };
+
+    Ok(PlotPlan {
+        rank_plots,
+        distance,
+    })
+}
+
+fn write_plots(
+    plan: &PlotPlan,
+    ranks: &[RankRecord],
+    dir: &Path,
+    prefix: &str,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let mut written = Vec::new();
+    for (method, budgets) in &plan.rank_plots {
+        let stem = format!("{prefix}rank_structure_{}", method.as_str());
+        written.extend(plot_rank_structure(ranks, *method, budgets, dir, &stem)?);
+    }
+    if let Some(m) = &plan.distance {
+        let stem = format!("{prefix}lambda_distance_{}", m.norm.as_str().to_lowercase());
+        written.push(write_language_distance(m, dir, &stem)?);
         if m.normalized.iter().flatten().any(|v| v.is_some()) {
-            written.extend(plot_language_distance(&m, dir, &stem)?);
+            written.extend(plot_language_distance(m, dir, &stem)?);
         }
     }
     Ok(written)
@@ -214,5 +246,24 @@ mod tests {
         };
         assert!(write_report(&inputs, &ReportOptions::default(), empty.path()).is_err());
         assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn grouped_plots_carry_their_prefix() {
+        let ranks = crate::report::rank_structure::tests::bert_ranks(&[("0", "ur")]);
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ReportOptions::default();
+        let a = write_rank_and_lambda_plots(&ranks, &[], &opts, dir.path(), "pers_dept_").unwrap();
+        let names: Vec<String> = a
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "pers_dept_rank_structure_fedp2eft.svg",
+                "pers_dept_rank_structure_fedp2eft.png"
+            ]
+        );
     }
 }
