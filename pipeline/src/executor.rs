@@ -373,8 +373,15 @@ fn print_dry_run(plan: &Plan, selected: &BTreeSet<String>, forced: &BTreeSet<Str
     println!("dry run: {run} to run now, {later} after their inputs, {cached} cached");
 }
 
-/// Resets the kernel's peak-RSS counter so the next reading is this instance's own peak.
+/// Resets the kernel's peak-RSS counter so the next reading is this instance's own peak. First
+/// hands the heap memory earlier instances freed back to the OS: glibc keeps it resident in its
+/// arenas (FedL2P's worker threads' among them), and every later instance would report it.
 fn reset_peak_rss() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
