@@ -495,37 +495,28 @@ impl StageKind for ReportKind {
             opts.rank_budgets = b;
         }
         let dir = ctx.out_dir().join("tables");
-        // One personalize stage: plain file names; several: each stage's plots prefixed by it.
-        let single = groups.len() == 1;
-        let (ranks, lambdas) = match groups.values().next() {
-            Some(g) if single => (g.ranks.as_slice(), g.lambdas.as_slice()),
-            _ => (&[][..], &[][..]),
-        };
         let mut written = write_report(
             &ReportInputs {
                 classification: &results,
                 generation: &generation,
-                ranks,
-                lambdas,
                 ..ReportInputs::default()
             },
             &opts,
             &dir,
         )
         .map_err(err)?;
-        if !single {
-            for (stage, g) in &groups {
-                written.extend(
-                    write_rank_and_lambda_plots(
-                        &g.ranks,
-                        &g.lambdas,
-                        &opts,
-                        &dir,
-                        &format!("{stage}_"),
-                    )
+        // One personalize stage: plain file names; several: each stage's plots prefixed by it.
+        let single = groups.len() == 1;
+        for (stage, g) in &groups {
+            let prefix = if single {
+                String::new()
+            } else {
+                format!("{stage}_")
+            };
+            written.extend(
+                write_rank_and_lambda_plots(&g.ranks, &g.lambdas, &opts, &dir, &prefix)
                     .map_err(err)?,
-                );
-            }
+            );
         }
         let (ranks, lambdas) = groups
             .values()

@@ -8,7 +8,7 @@
 //! Only the zip-based format of torch ≥ 1.6 is read (candle's pickle reader); older files must be
 //! re-saved with a current torch.
 
-use crate::model::hf_layout::{shard_files, write_model_dir, HfLayoutError};
+use crate::model::hf_layout::{read_config, shard_files, write_model_dir, HfLayoutError};
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -92,16 +92,7 @@ pub fn import_pytorch_dir(
     tokenizer: Option<&Path>,
     out_dir: &Path,
 ) -> Result<PytorchImport, PytorchImportError> {
-    let cfg_path = src.join("config.json");
-    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|source| PytorchImportError::Io {
-        path: cfg_path.clone(),
-        source,
-    })?;
-    let config: serde_json::Value =
-        serde_json::from_str(&cfg_text).map_err(|e| PytorchImportError::Invalid {
-            path: cfg_path.clone(),
-            message: format!("invalid JSON: {e}"),
-        })?;
+    let config: serde_json::Value = read_config(src)?;
     let tok_path = tokenizer
         .map(Path::to_path_buf)
         .unwrap_or_else(|| src.join("tokenizer.json"));
