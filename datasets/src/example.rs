@@ -64,7 +64,7 @@ pub struct TaskSpec {
 
 /// The two client pools of the paper: `Seen` trains the PS generator (or the baselines'
 /// federated parts), `Unseen` only evaluates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolName {
     Seen,
@@ -72,11 +72,20 @@ pub enum PoolName {
 }
 
 impl PoolName {
+    /// Both pools, in table order.
+    pub const ALL: &'static [PoolName] = &[PoolName::Seen, PoolName::Unseen];
+
+    /// Machine id, as written in files.
     pub fn as_str(self) -> &'static str {
         match self {
             PoolName::Seen => "seen",
             PoolName::Unseen => "unseen",
         }
+    }
+
+    /// Name as printed in tables (the paper writes the id).
+    pub fn label(self) -> &'static str {
+        self.as_str()
     }
 
     /// File name of the pool inside a partition's output directory.
@@ -85,6 +94,25 @@ impl PoolName {
             PoolName::Seen => "seen.parquet",
             PoolName::Unseen => "unseen.parquet",
         }
+    }
+}
+
+impl std::str::FromStr for PoolName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "seen" => Ok(PoolName::Seen),
+            "unseen" => Ok(PoolName::Unseen),
+            other => Err(format!(
+                "unknown Pool `{other}` (expected one of: seen, unseen)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PoolName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

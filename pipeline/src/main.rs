@@ -7,10 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pipeline::executor::{self, RunOptions};
-use pipeline::manifest::Manifest;
-use pipeline::registry::Registry;
-use pipeline::{commands, export, kinds, tools, PipelineError};
+use pipeline::cli::{commands, export, tools};
+use pipeline::engine::executor::{self, RunOptions};
+use pipeline::engine::manifest::Manifest;
+use pipeline::engine::registry::Registry;
+use pipeline::{kinds, PipelineError};
 
 #[derive(Parser)]
 #[command(name = "pipeline", version, about = "Reproducible FedP2EFT experiment pipeline", long_about = None)]
@@ -282,7 +283,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 status_instances,
             } => println!(
                 "{}",
-                pipeline::bench::executor(instances, status_instances)?
+                pipeline::cli::bench::executor(instances, status_instances)?
             ),
         },
         Command::Score {

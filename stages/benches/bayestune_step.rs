@@ -21,11 +21,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{env, peak_rss_mib};
+use stages::fit::step as train;
+use stages::fit::{Clip, Regulariser};
 use stages::model::bert::{self, BertConfig, BertForSequenceClassification, BertInput};
 use stages::optim::{Adam, AdamConfig, ParamGroup};
 use stages::peft::bayestune::{self, BayesTuneConfig};
+use stages::task::ClassifierBatch;
 use stages::task::{Batch, Net};
-use stages::train::{self, ClassifierBatch, Clip, Regulariser};
 
 /// Named trainable parameters.
 type Named = Vec<(String, Var)>;

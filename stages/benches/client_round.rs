@@ -25,12 +25,12 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use common::{env, peak_rss_mib};
 use datasets::Example;
-use stages::base_model::ClassifierModel;
+use stages::fit::LocalSgdConfig;
 use stages::fl::engine::{ClientRound, LocalTrainer};
-use stages::fl::fedavg_client::{FedAvgClient, LocalSgdConfig};
+use stages::fl::fedavg_client::FedAvgClient;
 use stages::model::bert::{random_init, BertConfig};
 use stages::peft::AdapterSpec;
-use stages::task::TaskModel;
+use stages::task::{ClassifierModel, TaskModel};
 use stages::tokenize::{train_wordpiece, TextTokenizer};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;

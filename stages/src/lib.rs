@@ -5,8 +5,6 @@
 //! inputs (tensors, examples, seeds, directories chosen by the caller) and returns values.
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
-pub mod base_model;
-pub mod causal_lm;
 pub mod client_state;
 pub mod fedl2p;
 /// The device type of every tensor, for callers that only pass devices through.
@@ -22,11 +20,10 @@ pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod peft;
-pub mod personalize;
 pub mod predict;
 pub mod psg;
 pub mod rng;
+pub mod runs;
 pub mod second_order;
 pub mod task;
 pub mod tokenize;
-pub mod train;

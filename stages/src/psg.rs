@@ -74,7 +74,7 @@ pub fn init_psg(cfg: &PsgConfig, seed: u64, device: &Device) -> Result<ParamStor
     ];
     for (name, fan_in, fan_out) in layers {
         let std = INIT_GAIN * (2.0 / (fan_in + fan_out) as f64).sqrt();
-        let w = crate::peft::lora::normal_tensor(
+        let w = crate::nn::normal_tensor(
             derive_seed(seed, &["psg".into(), name.into()]),
             (fan_out, fan_in),
             std,

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
+use stages::fit::step as train;
+use stages::fit::{Clip, Regulariser};
 use stages::model::bert::{self, BertForSequenceClassification, BertInput};
 use stages::optim::{clip_grad_norm, Adam, AdamConfig, CosineAnnealingLr, ParamGroup};
 use stages::params::{read_safetensors, ParamStore};
@@ -18,7 +20,7 @@ use stages::peft::bayestune::{self, BayesTuneConfig};
 use stages::peft::layer::ForwardCtx;
 use stages::peft::{lora, AdapterKind, AdapterSpec, LinearShape};
 use stages::psg::{self, Psg, PsgConfig};
-use stages::train::{self, ClassifierBatch, Clip, Regulariser};
+use stages::task::ClassifierBatch;
 
 mod common;
 use common::{assert_scaled, host, scale_err};

@@ -314,8 +314,7 @@ struct CollatorFixture {
 /// tests/fixtures/gen/llama_lora.py). Exact equality of ids, masks and labels.
 #[test]
 fn smollm2_completion_only_batch_matches_trl_collator() {
-    use stages::base_model::ModelSource;
-    use stages::causal_lm::{build_causal_lm, LmSettings};
+    use stages::task::{build_causal_lm, LmSettings, ModelSource};
     use stages::tokenize::PromptTemplate;
     let Some((_out, dir)) = imported_smollm2() else {
         return;

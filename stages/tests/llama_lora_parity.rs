@@ -13,8 +13,6 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use datasets::Example;
 use serde_json::Value;
-use stages::base_model::ModelSource;
-use stages::causal_lm::{build_causal_lm, CausalLmModel, LmSettings};
 use stages::generate::{generate_greedy, GreedyConfig};
 use stages::model::llama::{causal_lm_loss, llama_linear_modules};
 use stages::params::ParamStore;
@@ -22,6 +20,7 @@ use stages::peft::bayestune::{prior_penalty, BayesTuneConfig};
 use stages::peft::layer::ForwardCtx;
 use stages::peft::lora::{merge_into_store, TargetModules};
 use stages::peft::{is_adapter_param, AdapterKind, AdapterSpec, LinearShape};
+use stages::task::{build_causal_lm, CausalLmModel, LmBatch, LmSettings, ModelSource};
 use stages::tokenize::{EncodedBatch, PaddingSide, PromptTemplate};
 
 #[allow(dead_code)] // this test uses only some of the shared measures
@@ -77,7 +76,7 @@ fn model(fx: &Value) -> CausalLmModel {
 
 /// Our training examples and batch of the fixture pairs (the reference's prompt filter, then
 /// one right-padded completion-only batch).
-fn our_batch(m: &CausalLmModel, fx: &Value) -> stages::causal_lm::LmBatch {
+fn our_batch(m: &CausalLmModel, fx: &Value) -> LmBatch {
     let all = examples(&fx["pairs"]);
     let kept = m.trainable_examples(&all).unwrap();
     let order: Vec<usize> = (0..kept.len()).collect();

@@ -5,4 +5,3 @@ pub mod fed_aya;
 pub mod masakhanews;
 mod tsv;
 pub mod xnli;
-pub mod xnli_hf_parquet;

@@ -11,21 +11,23 @@ use std::sync::Arc;
 use datasets::{PoolReader, Split, TaskKind};
 use serde::Deserialize;
 use serde_json::Value;
-use stages::base_model::{
-    build_task_model, copy_model_dir, device_from_name, save_client_states, save_task_model,
-    train_fedavg, train_feddpa, FedAvgRun, FedLora, ModelSource,
-};
+use stages::fit::{LocalSgdConfig, RoundLr};
 use stages::fl::fedavg_client::ShardLoader;
 use stages::fl::feddpa_client::DpaConfig;
-use stages::fl::{rounds_csv, EngineConfig, EngineState, LocalSgdConfig, RoundLr};
+use stages::fl::standard::{save_client_states, train_fedavg, train_feddpa, FedAvgRun, FedLora};
+use stages::fl::{rounds_csv, EngineConfig, EngineState};
 use stages::peft::lora::TargetModules;
-use stages::task::TaskModel;
+use stages::task::{
+    build_task_model, copy_model_dir, device_from_name, save_task_model, ModelSource, TaskModel,
+};
 use stages::tokenize::PromptTemplate;
 
 use super::task::{write_task_file, TaskOptions};
 
-use crate::context::StageContext;
-use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
+use crate::engine::context::StageContext;
+use crate::engine::registry::{
+    typed_params, ParamError, PlanInputs, Registry, StageError, StageKind,
+};
 
 pub fn register(r: &mut Registry) {
     r.register(Arc::new(FedAvgKind {

@@ -6,21 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datasets::{ClientInfo, PoolReader, Split, TaskKind};
-use stages::base_model::TaskSetup;
 use stages::fl::fedavg_client::ShardLoader;
 use stages::fl::psg_client::BaseLoader;
 use stages::methods::all_linear;
-use stages::personalize::load_base;
-use stages::task::TaskModel;
+use stages::methods::load_base;
+use stages::runs::{BaseModel, Pool};
+use stages::task::{TaskModel, TaskSetup};
 use stages::tokenize::PromptTemplate;
 use stages::Device;
 
 use super::task::TaskOptions;
-use crate::context::{InputArtifact, StageContext};
-use crate::registry::StageError;
-
-/// Both pools of a partition, seen first.
-pub const POOLS: [&str; 2] = ["seen", "unseen"];
+use crate::engine::context::{InputArtifact, StageContext};
+use crate::engine::registry::StageError;
 
 /// The single upstream `partition/*` among `inputs`.
 pub fn partition_dir<'a>(
@@ -40,15 +37,15 @@ pub fn partition_dir<'a>(
 
 /// A client located in its pool.
 pub struct ClientShard {
-    pub pool: &'static str,
+    pub pool: Pool,
     pub reader: PoolReader,
     pub info: ClientInfo,
 }
 
 /// Finds `client` in the seen or unseen pool of the partition at `part`.
 pub fn find_client(part: &Path, client: u32) -> Result<ClientShard, StageError> {
-    for pool in POOLS {
-        let reader = PoolReader::open(part.join(format!("{pool}.parquet")))?;
+    for &pool in Pool::ALL {
+        let reader = PoolReader::open(part.join(pool.file_name()))?;
         if let Some(info) = reader
             .clients()
             .iter()
@@ -80,7 +77,7 @@ impl SeenPool {
         task: &TaskOptions,
     ) -> Result<Self, StageError> {
         let part = partition_dir(ctx.inputs_of_kind("partition/").into_iter())?;
-        let reader = PoolReader::open(part.join("seen.parquet"))?;
+        let reader = PoolReader::open(part.join(Pool::Seen.file_name()))?;
         let kind = reader.task().kind;
         let setup = task.setup(&reader, base.prompt()?);
         let clients = reader.clients().iter().map(|c| c.client_id).collect();
@@ -116,25 +113,31 @@ impl SeenPool {
 /// The client ids of both pools (what `client: all` expands to).
 pub fn all_clients(part: &Path) -> Result<Vec<u32>, StageError> {
     let mut ids = Vec::new();
-    for pool in POOLS {
-        let r = PoolReader::open(part.join(format!("{pool}.parquet")))?;
+    for &pool in Pool::ALL {
+        let r = PoolReader::open(part.join(pool.file_name()))?;
         ids.extend(r.clients().iter().map(|c| c.client_id));
     }
     Ok(ids)
 }
 
-/// The upstream base model directory and its method id (`base/fedavg` → `fedavg`).
+/// The upstream base model directory and how it was obtained (`base/fedavg` → Standard FL).
 pub struct BaseArtifact {
     pub dir: PathBuf,
-    pub method: String,
+    pub method: BaseModel,
 }
 
 impl BaseArtifact {
     pub fn of(ctx: &StageContext) -> Result<Self, StageError> {
         let base = ctx.single_input_of_kind("base/")?;
+        let method = BaseModel::of_kind(&base.kind).ok_or_else(|| {
+            StageError::msg(format!(
+                "{}: unknown base-model kind `{}`",
+                base.instance, base.kind
+            ))
+        })?;
         Ok(Self {
             dir: base.dir.clone(),
-            method: base.kind.trim_start_matches("base/").to_string(),
+            method,
         })
     }
 

@@ -11,8 +11,10 @@ use datasets::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::context::StageContext;
-use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
+use crate::engine::context::StageContext;
+use crate::engine::registry::{
+    typed_params, ParamError, PlanInputs, Registry, StageError, StageKind,
+};
 use crate::report::{plot_client_sizes, PoolSizes};
 
 pub fn register(r: &mut Registry) {
@@ -201,7 +203,7 @@ impl<C: PartitionSource + 'static> StageKind for Partition<C> {
             return Err(StageError::msg(format!(
                 "kind `{}` reads raw data but no data root is set: add `data_root:` to the manifest or set {}",
                 self.name,
-                crate::manifest::DATA_ROOT_ENV
+                crate::engine::spec::DATA_ROOT_ENV
             )));
         };
         let c: C = typed_params(plan.params).map_err(|e| StageError(e.message))?;

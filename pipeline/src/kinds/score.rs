@@ -5,23 +5,23 @@
 //! the models to be trained again, and the WordNet files it reads are part of its cache key.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
 use stages::metrics::{score_pairs, Metric, RougeTokenizer, ScoreOptions, Wordnet};
+use stages::runs::RunKey;
 
-use super::personalize::GENERATIONS_FILE;
-use crate::context::StageContext;
-use crate::registry::{typed_params, ParamError, PlanInputs, Registry, StageError, StageKind};
+use super::artifacts::{GENERATIONS_FILE, SCORES_FILE};
+use crate::engine::context::StageContext;
+use crate::engine::registry::{
+    typed_params, ParamError, PlanInputs, Registry, StageError, StageKind,
+};
 
 pub fn register(r: &mut Registry) {
     r.register(Arc::new(ScoreKind));
 }
-
-/// Per-sample scores, one row per generated test answer.
-pub const SCORES_FILE: &str = "scores.csv";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,20 +32,51 @@ struct ScoreParams {
     rouge_tokenizer: RougeTokenizer,
 }
 
-/// One row of an upstream `generations.csv`.
-#[derive(Debug, Deserialize)]
+/// One row of an upstream `generations.csv`: the run key, then the example's language, index,
+/// greedy generation and reference.
 struct GenerationRow {
-    dataset: String,
-    pool: String,
-    base_model: String,
-    method: String,
-    budget: u32,
-    seed: u64,
-    client_id: String,
+    key: RunKey,
     language: String,
-    index: u64,
+    index: String,
     prediction: String,
     reference: String,
+}
+
+/// The columns after the run key, in file order.
+const ROW_COLUMNS: [&str; 4] = ["language", "index", "prediction", "reference"];
+
+fn read_generations(path: &Path) -> Result<Vec<GenerationRow>, StageError> {
+    let mut r = csv::Reader::from_path(path).map_err(|e| csv_err(path, e))?;
+    let header = r.headers().map_err(|e| csv_err(path, e))?.clone();
+    let want: Vec<&str> = RunKey::COLUMNS
+        .iter()
+        .chain(&ROW_COLUMNS)
+        .copied()
+        .collect();
+    if header.iter().collect::<Vec<_>>() != want {
+        return Err(StageError::msg(format!(
+            "{}: expected the columns {}, found {}",
+            path.display(),
+            want.join(","),
+            header.iter().collect::<Vec<_>>().join(",")
+        )));
+    }
+    let mut rows = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let rec = rec.map_err(|e| csv_err(path, e))?;
+        let fields: Vec<&str> = rec.iter().collect();
+        let key = RunKey::parse(&fields[..RunKey::COLUMNS.len()])
+            .map_err(|e| StageError::msg(format!("{} row {}: {e}", path.display(), i + 2)))?;
+        let rest = &fields[RunKey::COLUMNS.len()..];
+        rows.push(GenerationRow {
+            key,
+            language: rest[0].to_string(),
+            index: rest[1].to_string(),
+            prediction: rest[2].to_string(),
+            reference: rest[3].to_string(),
+        });
+    }
+    Ok(rows)
 }
 
 struct ScoreKind;
@@ -82,10 +113,7 @@ impl StageKind for ScoreKind {
             if !path.is_file() {
                 continue;
             }
-            let mut r = csv::Reader::from_path(&path).map_err(|e| csv_err(&path, e))?;
-            for row in r.deserialize::<GenerationRow>() {
-                rows.push(row.map_err(|e| csv_err(&path, e))?);
-            }
+            rows.extend(read_generations(&path)?);
         }
         if rows.is_empty() {
             return Err(StageError::msg(format!(
@@ -109,21 +137,16 @@ impl StageKind for ScoreKind {
             scores.extend(score_pairs(p, r, &metrics, &opts).map_err(err)?);
             bar.set(scores.len() as u64);
         }
-        let mut out = String::from(
-            "dataset,pool,base_model,method,budget,seed,client_id,language,index,rouge1,rougeL,meteor\n",
+        let mut out = format!(
+            "{},language,index,rouge1,rougeL,meteor\n",
+            RunKey::csv_header()
         );
         for (r, s) in rows.iter().zip(&scores) {
             let get = |m| s.get(m).unwrap_or(f64::NAN);
             writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{}",
-                r.dataset,
-                r.pool,
-                r.base_model,
-                r.method,
-                r.budget,
-                r.seed,
-                r.client_id,
+                "{},{},{},{},{},{}",
+                r.key,
                 r.language,
                 r.index,
                 get(Metric::Rouge1),
@@ -138,7 +161,7 @@ impl StageKind for ScoreKind {
     }
 }
 
-fn csv_err(path: &std::path::Path, e: csv::Error) -> StageError {
+fn csv_err(path: &Path, e: csv::Error) -> StageError {
     StageError::msg(format!("{}: {e}", path.display()))
 }
 

@@ -9,14 +9,11 @@ use std::path::Path;
 
 use datasets::{PoolReader, TaskKind};
 use serde::{Deserialize, Serialize};
-use stages::base_model::TaskSetup;
-use stages::causal_lm::LmSettings;
+use stages::task::{LmSettings, TaskSetup};
 use stages::tokenize::PromptTemplate;
 
-use crate::registry::{ParamError, StageError};
-
-/// File beside a generation model's weights naming its prompt template.
-pub const TASK_FILE: &str = "task.json";
+use super::artifacts::TASK_FILE;
+use crate::engine::registry::{ParamError, StageError};
 
 /// Defaults of one task (PAPER_NOTES §1; Fed-Aya: max 1024 new tokens, batch 4 × 4).
 #[derive(Debug, Clone, Copy)]

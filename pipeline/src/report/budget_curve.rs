@@ -217,6 +217,7 @@ pub fn plot_metric_vs_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::records::run_key;
     use crate::report::records::{BaseModel, ClassificationResult, Pool};
     use crate::report::render::tests::assert_valid_images;
     use crate::report::results::{classification_tables, TableOptions};
@@ -234,13 +235,15 @@ mod tests {
                         continue;
                     }
                     recs.push(ClassificationResult {
-                        dataset: "masakhanews".into(),
-                        pool: Pool::Seen,
-                        base_model: BaseModel::FedAvg,
-                        method: *method,
-                        budget,
-                        seed: 42,
-                        client_id: "c".into(),
+                        key: run_key(
+                            "masakhanews",
+                            Pool::Seen,
+                            BaseModel::FedAvg,
+                            *method,
+                            budget,
+                            42,
+                            0,
+                        ),
                         language: lang.into(),
                         correct: (40 + 5 * mi + 2 * bi + 10 * li) as u64,
                         total: 100,

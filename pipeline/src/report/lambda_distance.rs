@@ -89,7 +89,7 @@ pub fn language_distance(
                 format!("contains {x}"),
             ));
         }
-        if !ids.insert(v.client_id.as_str()) {
+        if !ids.insert(v.client_id) {
             return Err(ReportError::invalid(
                 "λ vectors",
                 format!("client `{}` appears twice", v.client_id),
@@ -246,9 +246,9 @@ mod tests {
     use super::*;
     use crate::report::render::tests::assert_valid_images;
 
-    fn v(client: &str, lang: &str, values: &[f64]) -> LambdaVector {
+    fn v(client: u32, lang: &str, values: &[f64]) -> LambdaVector {
         LambdaVector {
-            client_id: client.into(),
+            client_id: client,
             language: lang.into(),
             values: values.to_vec(),
         }
@@ -257,11 +257,11 @@ mod tests {
     #[test]
     fn normalised_mean_distance_by_hand() {
         let vecs = vec![
-            v("a1", "ar", &[0.0, 0.0]),
-            v("a2", "ar", &[2.0, 0.0]),
-            v("u1", "ur", &[0.0, 1.0]),
-            v("u2", "ur", &[0.0, 5.0]),
-            v("s1", "sw", &[9.0, 9.0]),
+            v(11, "ar", &[0.0, 0.0]),
+            v(12, "ar", &[2.0, 0.0]),
+            v(21, "ur", &[0.0, 1.0]),
+            v(22, "ur", &[0.0, 5.0]),
+            v(31, "sw", &[9.0, 9.0]),
         ];
         let m = language_distance(&vecs, Norm::L1, &["ur".to_string()]).unwrap();
         assert_eq!(m.languages, ["ur", "ar", "sw"]);
@@ -291,17 +291,17 @@ mod tests {
     #[test]
     fn inconsistent_vectors_are_rejected() {
         let err = language_distance(
-            &[v("a", "ar", &[1.0]), v("b", "ar", &[1.0, 2.0])],
+            &[v(1, "ar", &[1.0]), v(2, "ar", &[1.0, 2.0])],
             Norm::L1,
             &[],
         )
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("client `b`") && err.contains("2 entries"),
+            err.contains("client `2`") && err.contains("2 entries"),
             "{err}"
         );
-        let err = language_distance(&[v("a", "ar", &[1.0]), v("a", "ur", &[2.0])], Norm::L1, &[])
+        let err = language_distance(&[v(1, "ar", &[1.0]), v(1, "ur", &[2.0])], Norm::L1, &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("twice"), "{err}");
@@ -317,7 +317,7 @@ mod tests {
                 let values: Vec<f64> = (0..64)
                     .map(|k| base + 0.1 * ((k * 7 + c * 13 + li * 5) % 11) as f64)
                     .collect();
-                vecs.push(v(&format!("{lang}{c}"), lang, &values));
+                vecs.push(v((3 * li + c) as u32, lang, &values));
             }
         }
         let m = language_distance(&vecs, Norm::L2, &[]).unwrap();

@@ -103,9 +103,11 @@ fn seed_range(table: &ResultTable) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::records::run_key;
     use crate::report::records::{BaseModel, ClassificationResult, GenerationScore, Method, Pool};
     use crate::report::results::{classification_tables, generation_tables, TableOptions};
 
+    /// A MasakhaNEWS result of client 1 with 400 test samples.
     fn cls(
         method: Method,
         budget: u32,
@@ -113,18 +115,7 @@ mod tests {
         lang: &str,
         correct: u64,
     ) -> ClassificationResult {
-        ClassificationResult {
-            dataset: "masakhanews".into(),
-            pool: Pool::Seen,
-            base_model: BaseModel::FedAvg,
-            method,
-            budget,
-            seed,
-            client_id: "c1".into(),
-            language: lang.into(),
-            correct,
-            total: 400,
-        }
+        crate::report::results::tests::cls(method, budget, seed, 1, lang, correct, 400)
     }
 
     #[test]
@@ -157,13 +148,15 @@ mod tests {
     #[test]
     fn generation_markdown_bolds_each_metric() {
         let g = |method, m, r1, rl| GenerationScore {
-            dataset: "fed_aya".into(),
-            pool: Pool::Unseen,
-            base_model: BaseModel::Pretrained,
-            method,
-            budget: 2,
-            seed: 42,
-            client_id: "c".into(),
+            key: run_key(
+                "fed_aya",
+                Pool::Unseen,
+                BaseModel::Pretrained,
+                method,
+                2,
+                42,
+                0,
+            ),
             language: "te".into(),
             rouge1: r1,
             rouge_l: rl,

@@ -46,6 +46,7 @@ pub use write_all::{write_rank_and_lambda_plots, write_report, ReportInputs, Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::records::run_key;
     use std::path::Path;
 
     fn classification_csv(dir: &Path) -> std::path::PathBuf {
@@ -110,13 +111,15 @@ mod tests {
                     for (li, lang) in langs.iter().enumerate() {
                         let lift = if *method == Method::FedP2eft { 8 } else { mi };
                         recs.push(ClassificationResult {
-                            dataset: "masakhanews".into(),
-                            pool: Pool::Seen,
-                            base_model: BaseModel::FedAvg,
-                            method: *method,
-                            budget,
-                            seed,
-                            client_id: format!("{li}"),
+                            key: run_key(
+                                "masakhanews",
+                                Pool::Seen,
+                                BaseModel::FedAvg,
+                                *method,
+                                budget,
+                                seed,
+                                li as u32,
+                            ),
                             language: lang.to_string(),
                             correct: (150 + 7 * li + 3 * lift + 2 * bi + (seed as usize % 4))
                                 as u64,
@@ -133,8 +136,7 @@ mod tests {
         write_result_tables(&tables, &out).unwrap();
         plot_metric_vs_budget(&tables[0], Metric::Accuracy, &out, "accuracy_vs_budget").unwrap();
 
-        let ranks =
-            rank_structure::tests::bert_ranks(&[("c0", "eng"), ("c1", "tir"), ("c2", "amh")]);
+        let ranks = rank_structure::tests::bert_ranks(&[(0, "eng"), (1, "tir"), (2, "amh")]);
         plot_rank_structure(&ranks, Method::FedP2eft, &[2, 16], &out, "rank_structure").unwrap();
 
         let xnli = [
@@ -148,7 +150,7 @@ mod tests {
                     .map(|k| 1.0 + (li % 4) as f64 + 0.05 * ((k * 7 + c * 13 + li * 5) % 11) as f64)
                     .collect();
                 vecs.push(LambdaVector {
-                    client_id: format!("{lang}{c}"),
+                    client_id: (4 * li + c) as u32,
                     language: lang.to_string(),
                     values,
                 });

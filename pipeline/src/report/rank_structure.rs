@@ -114,8 +114,8 @@ pub fn rank_grid(
         .iter()
         .filter(|r| r.method == method && r.budget == budget)
     {
-        structures.insert((r.client_id.as_str(), r.language.as_str()));
-        if !seen.insert((r.client_id.as_str(), r.language.as_str(), r.module.as_str())) {
+        structures.insert((r.client_id, r.language.as_str()));
+        if !seen.insert((r.client_id, r.language.as_str(), r.module.as_str())) {
             return Err(ReportError::invalid(
                 "rank records",
                 format!(
@@ -298,7 +298,7 @@ pub(crate) mod tests {
 
     /// mBERT-shaped rank structures (12 layers × 6 + pooler + classifier = 74 modules) that
     /// favour dense layers at budget 2 and value at budget 16, as the paper describes (§4.5).
-    pub(crate) fn bert_ranks(clients: &[(&str, &str)]) -> Vec<RankRecord> {
+    pub(crate) fn bert_ranks(clients: &[(u32, &str)]) -> Vec<RankRecord> {
         let mut out = Vec::new();
         for (ci, (client, lang)) in clients.iter().enumerate() {
             for budget in [2u32, 16] {
@@ -307,7 +307,7 @@ pub(crate) mod tests {
                         out.push(RankRecord {
                             method: Method::FedP2eft,
                             budget,
-                            client_id: client.to_string(),
+                            client_id: *client,
                             language: lang.to_string(),
                             module,
                             rank,
@@ -360,7 +360,7 @@ pub(crate) mod tests {
 
     #[test]
     fn grid_averages_clients_and_counts_absent_modules_as_zero() {
-        let recs = bert_ranks(&[("c0", "eng"), ("c1", "tir")]);
+        let recs = bert_ranks(&[(0, "eng"), (1, "tir")]);
         let g = rank_grid(&recs, Method::FedP2eft, 2).unwrap();
         assert_eq!(g.clients, 2);
         assert_eq!(g.col_labels.len(), 13);
@@ -390,7 +390,7 @@ pub(crate) mod tests {
 
     #[test]
     fn missing_budget_and_duplicates_are_errors() {
-        let recs = bert_ranks(&[("c0", "eng")]);
+        let recs = bert_ranks(&[(0, "eng")]);
         let err = rank_grid(&recs, Method::FedP2eft, 4)
             .unwrap_err()
             .to_string();
@@ -402,7 +402,7 @@ pub(crate) mod tests {
 
     #[test]
     fn plot_writes_valid_svg_and_png() {
-        let recs = bert_ranks(&[("c0", "eng"), ("c1", "tir"), ("c2", "amh")]);
+        let recs = bert_ranks(&[(0, "eng"), (1, "tir"), (2, "amh")]);
         let dir = tempfile::tempdir().unwrap();
         let paths =
             plot_rank_structure(&recs, Method::FedP2eft, &[2, 16], dir.path(), "ranks").unwrap();

@@ -18,33 +18,45 @@ use std::str::FromStr;
 
 use polars::prelude::*;
 
-use super::records::{ClassificationResult, CostRecord, GenerationScore, LambdaVector, RankRecord};
+use super::records::{
+    ClassificationResult, CostRecord, GenerationScore, LambdaVector, RankRecord, RunKey,
+};
 use super::ReportError;
 
-pub fn read_classification_results(path: &Path) -> Result<Vec<ClassificationResult>, ReportError> {
-    let t = Table::load(path)?;
+/// The run key of every row (the key columns, in file-order of the checks).
+fn run_keys(t: &Table) -> Result<Vec<RunKey>, ReportError> {
     let (dataset, pool, base_model, method) = (
         t.strings("dataset")?,
         t.parsed("pool")?,
         t.parsed("base_model")?,
         t.parsed("method")?,
     );
-    let (budget, seed, client_id, language) = (
+    let (budget, seed, client_id) = (
         t.parsed("budget")?,
         t.parsed("seed")?,
-        t.strings("client_id")?,
-        t.strings("language")?,
+        t.parsed("client_id")?,
     );
-    let (correct, total) = (t.parsed("correct")?, t.parsed("total")?);
     Ok((0..t.height())
-        .map(|i| ClassificationResult {
+        .map(|i| RunKey {
             dataset: dataset[i].clone(),
             pool: pool[i],
             base_model: base_model[i],
             method: method[i],
             budget: budget[i],
             seed: seed[i],
-            client_id: client_id[i].clone(),
+            client_id: client_id[i],
+        })
+        .collect())
+}
+
+pub fn read_classification_results(path: &Path) -> Result<Vec<ClassificationResult>, ReportError> {
+    let t = Table::load(path)?;
+    let keys = run_keys(&t)?;
+    let language = t.strings("language")?;
+    let (correct, total) = (t.parsed("correct")?, t.parsed("total")?);
+    Ok((0..t.height())
+        .map(|i| ClassificationResult {
+            key: keys[i].clone(),
             language: language[i].clone(),
             correct: correct[i],
             total: total[i],
@@ -54,18 +66,8 @@ pub fn read_classification_results(path: &Path) -> Result<Vec<ClassificationResu
 
 pub fn read_generation_scores(path: &Path) -> Result<Vec<GenerationScore>, ReportError> {
     let t = Table::load(path)?;
-    let (dataset, pool, base_model, method) = (
-        t.strings("dataset")?,
-        t.parsed("pool")?,
-        t.parsed("base_model")?,
-        t.parsed("method")?,
-    );
-    let (budget, seed, client_id, language) = (
-        t.parsed("budget")?,
-        t.parsed("seed")?,
-        t.strings("client_id")?,
-        t.strings("language")?,
-    );
+    let keys = run_keys(&t)?;
+    let language = t.strings("language")?;
     let (rouge1, rouge_l, meteor) = (
         t.floats("rouge1")?,
         t.floats("rougeL")?,
@@ -73,13 +75,7 @@ pub fn read_generation_scores(path: &Path) -> Result<Vec<GenerationScore>, Repor
     );
     Ok((0..t.height())
         .map(|i| GenerationScore {
-            dataset: dataset[i].clone(),
-            pool: pool[i],
-            base_model: base_model[i],
-            method: method[i],
-            budget: budget[i],
-            seed: seed[i],
-            client_id: client_id[i].clone(),
+            key: keys[i].clone(),
             language: language[i].clone(),
             rouge1: rouge1[i],
             rouge_l: rouge_l[i],
@@ -119,7 +115,7 @@ pub fn read_rank_records(path: &Path) -> Result<Vec<RankRecord>, ReportError> {
     let (method, budget, client_id) = (
         t.parsed("method")?,
         t.parsed("budget")?,
-        t.strings("client_id")?,
+        t.parsed("client_id")?,
     );
     let (language, module, rank) = (
         t.strings("language")?,
@@ -130,7 +126,7 @@ pub fn read_rank_records(path: &Path) -> Result<Vec<RankRecord>, ReportError> {
         .map(|i| RankRecord {
             method: method[i],
             budget: budget[i],
-            client_id: client_id[i].clone(),
+            client_id: client_id[i],
             language: language[i].clone(),
             module: module[i].clone(),
             rank: rank[i],
@@ -139,19 +135,18 @@ pub fn read_rank_records(path: &Path) -> Result<Vec<RankRecord>, ReportError> {
 }
 
 /// λ vectors from long format; each client's positions must be exactly 0..n with one language.
-/// Clients come back sorted by id (string order).
+/// Clients come back sorted by id.
 pub fn read_lambda_vectors(path: &Path) -> Result<Vec<LambdaVector>, ReportError> {
     let t = Table::load(path)?;
-    let (client_id, language) = (t.strings("client_id")?, t.strings("language")?);
+    let (client_id, language): (Vec<u32>, _) = (t.parsed("client_id")?, t.strings("language")?);
     let (position, lambda): (Vec<usize>, Vec<f64>) = (t.parsed("position")?, t.floats("lambda")?);
     // client → (language, first row, position → value)
-    let mut clients: BTreeMap<&str, (&str, usize, BTreeMap<usize, f64>)> = BTreeMap::new();
+    let mut clients: BTreeMap<u32, (&str, usize, BTreeMap<usize, f64>)> = BTreeMap::new();
     for i in 0..t.height() {
-        let entry = clients.entry(client_id[i].as_str()).or_insert((
-            language[i].as_str(),
-            i,
-            BTreeMap::new(),
-        ));
+        let entry =
+            clients
+                .entry(client_id[i])
+                .or_insert((language[i].as_str(), i, BTreeMap::new()));
         if entry.0 != language[i] {
             return Err(t.bad(
                 i,
@@ -187,7 +182,7 @@ pub fn read_lambda_vectors(path: &Path) -> Result<Vec<LambdaVector>, ReportError
                 ));
             }
             Ok(LambdaVector {
-                client_id: client.to_string(),
+                client_id: client,
                 language: lang.to_string(),
                 values: values.into_values().collect(),
             })
@@ -325,6 +320,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::records::run_key;
     use crate::report::records::{BaseModel, Method, Phase, Pool};
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -346,13 +342,15 @@ mod tests {
         assert_eq!(
             r,
             [ClassificationResult {
-                dataset: "masakhanews".into(),
-                pool: Pool::Seen,
-                base_model: BaseModel::FedAvg,
-                method: Method::FedP2eft,
-                budget: 2,
-                seed: 42,
-                client_id: "007".into(),
+                key: run_key(
+                    "masakhanews",
+                    Pool::Seen,
+                    BaseModel::FedAvg,
+                    Method::FedP2eft,
+                    2,
+                    42,
+                    7
+                ),
                 language: "tir".into(),
                 correct: 17,
                 total: 27,
@@ -394,7 +392,7 @@ mod tests {
             dir.path(),
             "gen.csv",
             "dataset,pool,base_model,method,budget,seed,client_id,language,rouge1,rougeL,meteor\n\
-             fed_aya,seen,pretrained,lora,2,42,c1,te,0.1,NaN,0.3\n",
+             fed_aya,seen,pretrained,lora,2,42,1,te,0.1,NaN,0.3\n",
         );
         let err = read_generation_scores(&p).unwrap_err().to_string();
         assert!(err.contains("row 1") && err.contains("`rougeL`"), "{err}");
@@ -429,14 +427,11 @@ mod tests {
         let p = write(
             dir.path(),
             "lambda.csv",
-            "client_id,language,position,lambda\nb,ur,1,0.5\nb,ur,0,0.25\na,ar,0,1e-4\na,ar,1,2\n",
+            "client_id,language,position,lambda\n2,ur,1,0.5\n2,ur,0,0.25\n1,ar,0,1e-4\n1,ar,1,2\n",
         );
         let v = read_lambda_vectors(&p).unwrap();
         assert_eq!(v.len(), 2);
-        assert_eq!(
-            (v[0].client_id.as_str(), v[0].values.clone()),
-            ("a", vec![1e-4, 2.0])
-        );
+        assert_eq!((v[0].client_id, v[0].values.clone()), (1, vec![1e-4, 2.0]));
         assert_eq!(
             (v[1].language.as_str(), v[1].values.clone()),
             ("ur", vec![0.25, 0.5])
@@ -444,7 +439,7 @@ mod tests {
         let gap = write(
             dir.path(),
             "gap.csv",
-            "client_id,language,position,lambda\na,ar,0,1\na,ar,2,1\n",
+            "client_id,language,position,lambda\n1,ar,0,1\n1,ar,2,1\n",
         );
         assert!(read_lambda_vectors(&gap)
             .unwrap_err()
@@ -463,7 +458,12 @@ mod tests {
         );
         let g = read_generation_scores(&p).unwrap();
         assert_eq!(
-            (g[0].method, g[0].pool, g[0].budget, g[0].seed),
+            (
+                g[0].key.method,
+                g[0].key.pool,
+                g[0].key.budget,
+                g[0].key.seed
+            ),
             (Method::FedL2p, Pool::Unseen, 16, 42)
         );
         assert_eq!((g[0].meteor, g[0].rouge_l, g[0].rouge1), (0.25, 0.125, 0.5));

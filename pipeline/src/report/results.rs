@@ -133,7 +133,7 @@ pub fn classification_tables(
             format!(
                 "classification result #{} (client `{}`)",
                 i + 1,
-                r.client_id
+                r.key.client_id
             )
         };
         if r.correct > r.total {
@@ -142,18 +142,18 @@ pub fn classification_tables(
                 format!("correct = {} exceeds total = {}", r.correct, r.total),
             ));
         }
-        let key = table_key(&r.dataset, r.pool, r.base_model);
-        let cell: CellKey = (key, r.budget, r.method, r.language.clone());
-        if !clients_seen.insert((cell.clone(), r.seed, r.client_id.clone())) {
+        let key = table_key(&r.key.dataset, r.key.pool, r.key.base_model);
+        let cell: CellKey = (key, r.key.budget, r.key.method, r.language.clone());
+        if !clients_seen.insert((cell.clone(), r.key.seed, r.key.client_id)) {
             return Err(ReportError::invalid(
                 what(),
                 format!(
                     "duplicate record for {} {} {} budget {} seed {} language `{}`",
-                    r.dataset, r.pool, r.method, r.budget, r.seed, r.language
+                    r.key.dataset, r.key.pool, r.key.method, r.key.budget, r.key.seed, r.language
                 ),
             ));
         }
-        let acc = pooled.entry((cell, r.seed)).or_insert((0, 0));
+        let acc = pooled.entry((cell, r.key.seed)).or_insert((0, 0));
         acc.0 += r.correct;
         acc.1 += r.total;
     }
@@ -191,14 +191,14 @@ pub fn generation_tables(
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(ReportError::invalid(
-                    format!("generation score #{} (client `{}`)", i + 1, r.client_id),
+                    format!("generation score #{} (client `{}`)", i + 1, r.key.client_id),
                     format!("{name} = {v} is not in [0, 1]"),
                 ));
             }
         }
-        let key = table_key(&r.dataset, r.pool, r.base_model);
-        let cell: CellKey = (key, r.budget, r.method, r.language.clone());
-        let acc = sums.entry((cell, r.seed)).or_insert(([0.0; 3], 0));
+        let key = table_key(&r.key.dataset, r.key.pool, r.key.base_model);
+        let cell: CellKey = (key, r.key.budget, r.key.method, r.language.clone());
+        let acc = sums.entry((cell, r.key.seed)).or_insert(([0.0; 3], 0));
         acc.0[0] += r.meteor;
         acc.0[1] += r.rouge1;
         acc.0[2] += r.rouge_l;
@@ -315,26 +315,29 @@ fn mark_best_and_wins(rows: &mut [ResultRow], n_languages: usize, n_metrics: usi
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::report::records::run_key;
 
-    fn cls(
+    pub(crate) fn cls(
         method: Method,
         budget: u32,
         seed: u64,
-        client: &str,
+        client: u32,
         lang: &str,
         correct: u64,
         total: u64,
     ) -> ClassificationResult {
         ClassificationResult {
-            dataset: "masakhanews".into(),
-            pool: Pool::Seen,
-            base_model: BaseModel::FedAvg,
-            method,
-            budget,
-            seed,
-            client_id: client.into(),
+            key: run_key(
+                "masakhanews",
+                Pool::Seen,
+                BaseModel::FedAvg,
+                method,
+                budget,
+                seed,
+                client,
+            ),
             language: lang.into(),
             correct,
             total,
@@ -357,8 +360,8 @@ mod tests {
         // Client a: 1/1 = 100 %, client b: 1/9 ≈ 11 %. Pooled = 2/10 = 20 %, whereas the mean
         // of client accuracies would be ≈ 55.6 %.
         let recs = vec![
-            cls(Method::Lora, 2, 42, "a", "amh", 1, 1),
-            cls(Method::Lora, 2, 42, "b", "amh", 1, 9),
+            cls(Method::Lora, 2, 42, 0, "amh", 1, 1),
+            cls(Method::Lora, 2, 42, 1, "amh", 1, 9),
         ];
         let t = &classification_tables(&recs, &TableOptions::default()).unwrap()[0];
         let s = row(t, 2, Method::Lora).cells[0][0].unwrap();
@@ -371,9 +374,9 @@ mod tests {
     fn mean_and_sample_sd_over_seeds() {
         // Seeds give 60 %, 70 %, 80 % → mean 70, SD (n−1) = 10.
         let recs = vec![
-            cls(Method::FedP2eft, 4, 42, "a", "eng", 6, 10),
-            cls(Method::FedP2eft, 4, 52, "a", "eng", 7, 10),
-            cls(Method::FedP2eft, 4, 62, "a", "eng", 8, 10),
+            cls(Method::FedP2eft, 4, 42, 0, "eng", 6, 10),
+            cls(Method::FedP2eft, 4, 52, 0, "eng", 7, 10),
+            cls(Method::FedP2eft, 4, 62, 0, "eng", 8, 10),
         ];
         let t = &classification_tables(&recs, &TableOptions::default()).unwrap()[0];
         let s = row(t, 4, Method::FedP2eft).cells[0][0].unwrap();
@@ -386,16 +389,16 @@ mod tests {
     fn wins_count_ties_for_all_and_skip_missing_languages() {
         let recs = vec![
             // eng: LoRA and FedP2EFT tie at 90 %, AdaLoRA lower.
-            cls(Method::Lora, 2, 42, "a", "eng", 9, 10),
-            cls(Method::FedP2eft, 2, 42, "a", "eng", 9, 10),
-            cls(Method::AdaLora, 2, 42, "a", "eng", 8, 10),
+            cls(Method::Lora, 2, 42, 0, "eng", 9, 10),
+            cls(Method::FedP2eft, 2, 42, 0, "eng", 9, 10),
+            cls(Method::AdaLora, 2, 42, 0, "eng", 8, 10),
             // tir: FedP2EFT best; LoRA has no tir result at all.
-            cls(Method::FedP2eft, 2, 42, "b", "tir", 6, 10),
-            cls(Method::AdaLora, 2, 42, "b", "tir", 5, 10),
+            cls(Method::FedP2eft, 2, 42, 1, "tir", 6, 10),
+            cls(Method::AdaLora, 2, 42, 1, "tir", 5, 10),
             // amh: only LoRA has a result → it wins amh.
-            cls(Method::Lora, 2, 42, "c", "amh", 1, 10),
+            cls(Method::Lora, 2, 42, 2, "amh", 1, 10),
             // another budget does not compete with budget 2.
-            cls(Method::AdaLora, 16, 42, "a", "eng", 10, 10),
+            cls(Method::AdaLora, 16, 42, 0, "eng", 10, 10),
         ];
         let t = &classification_tables(&recs, &TableOptions::default()).unwrap()[0];
         assert_eq!(t.languages, ["amh", "eng", "tir"]);
@@ -413,12 +416,12 @@ mod tests {
     #[test]
     fn rows_follow_budget_then_paper_method_order_and_tables_split_by_key() {
         let mut recs = vec![
-            cls(Method::FedP2eft, 16, 42, "a", "eng", 9, 10),
-            cls(Method::Lora, 16, 42, "a", "eng", 9, 10),
-            cls(Method::FedL2p, 2, 42, "a", "eng", 9, 10),
+            cls(Method::FedP2eft, 16, 42, 0, "eng", 9, 10),
+            cls(Method::Lora, 16, 42, 0, "eng", 9, 10),
+            cls(Method::FedL2p, 2, 42, 0, "eng", 9, 10),
         ];
-        let mut unseen = cls(Method::Lora, 2, 42, "z", "eng", 1, 2);
-        unseen.pool = Pool::Unseen;
+        let mut unseen = cls(Method::Lora, 2, 42, 25, "eng", 1, 2);
+        unseen.key.pool = Pool::Unseen;
         recs.push(unseen);
         let tables = classification_tables(&recs, &TableOptions::default()).unwrap();
         assert_eq!(tables.len(), 2);
@@ -441,9 +444,9 @@ mod tests {
     #[test]
     fn language_order_option_puts_listed_languages_first() {
         let recs = vec![
-            cls(Method::Lora, 2, 42, "a", "amh", 1, 2),
-            cls(Method::Lora, 2, 42, "b", "eng", 1, 2),
-            cls(Method::Lora, 2, 42, "c", "som", 1, 2),
+            cls(Method::Lora, 2, 42, 0, "amh", 1, 2),
+            cls(Method::Lora, 2, 42, 1, "eng", 1, 2),
+            cls(Method::Lora, 2, 42, 2, "som", 1, 2),
         ];
         let opts = TableOptions {
             language_order: vec!["som".into(), "xho".into(), "eng".into()],
@@ -455,16 +458,16 @@ mod tests {
     #[test]
     fn bad_counts_and_duplicates_are_rejected() {
         let err = classification_tables(
-            &[cls(Method::Lora, 2, 42, "a", "eng", 11, 10)],
+            &[cls(Method::Lora, 2, 42, 0, "eng", 11, 10)],
             &TableOptions::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("exceeds total"), "{err}");
-        let dup = cls(Method::Lora, 2, 42, "a", "eng", 1, 10);
+        let dup = cls(Method::Lora, 2, 42, 0, "eng", 1, 10);
         let err = classification_tables(&[dup.clone(), dup], &TableOptions::default()).unwrap_err();
         assert!(err.to_string().contains("duplicate"), "{err}");
         let err = classification_tables(
-            &[cls(Method::Lora, 2, 42, "a", "eng", 0, 0)],
+            &[cls(Method::Lora, 2, 42, 0, "eng", 0, 0)],
             &TableOptions::default(),
         )
         .unwrap_err();
@@ -473,13 +476,15 @@ mod tests {
 
     fn gen(method: Method, seed: u64, lang: &str, m: f64, r1: f64, rl: f64) -> GenerationScore {
         GenerationScore {
-            dataset: "fed_aya".into(),
-            pool: Pool::Seen,
-            base_model: BaseModel::Pretrained,
-            method,
-            budget: 2,
-            seed,
-            client_id: "c0".into(),
+            key: run_key(
+                "fed_aya",
+                Pool::Seen,
+                BaseModel::Pretrained,
+                method,
+                2,
+                seed,
+                0,
+            ),
             language: lang.into(),
             rouge1: r1,
             rouge_l: rl,

@@ -104,19 +104,14 @@ pub(crate) fn write_csv(frame: &mut DataFrame, path: &Path) -> Result<(), Report
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::records::run_key;
     use crate::report::records::{BaseModel, ClassificationResult, Method, Pool};
     use crate::report::results::{classification_tables, TableOptions};
 
     #[test]
     fn csv_round_trips_through_polars() {
         let rec = |method, seed, lang: &str, correct| ClassificationResult {
-            dataset: "xnli".into(),
-            pool: Pool::Unseen,
-            base_model: BaseModel::FedDpaT,
-            method,
-            budget: 8,
-            seed,
-            client_id: "7".into(),
+            key: run_key("xnli", Pool::Unseen, BaseModel::FedDpaT, method, 8, seed, 7),
             language: lang.into(),
             correct,
             total: 3,
@@ -147,20 +142,11 @@ mod tests {
         assert_eq!(back.height(), 3);
         let expected = result_table_frame(&tables[0]).unwrap();
         assert_eq!(back.get_column_names(), expected.get_column_names());
-        let means: Vec<f64> = back
-            .column("mean")
-            .unwrap()
-            .f64()
-            .unwrap()
-            .into_no_null_iter()
-            .collect();
-        let want: Vec<f64> = expected
-            .column("mean")
-            .unwrap()
-            .f64()
-            .unwrap()
-            .into_no_null_iter()
-            .collect();
+        let means = |df: &DataFrame| -> Vec<f64> {
+            let col = df.column("mean").unwrap().f64().unwrap();
+            col.into_no_null_iter().collect()
+        };
+        let (means, want) = (means(&back), means(&expected));
         assert_eq!(
             means, want,
             "floats must survive the CSV round trip exactly"

@@ -169,6 +169,7 @@ fn write_plots(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::records::run_key;
     use crate::report::records::{BaseModel, Phase, Pool};
 
     #[test]
@@ -177,13 +178,15 @@ mod tests {
         for method in [Method::Lora, Method::FedP2eft] {
             for budget in [2, 16] {
                 cls.push(ClassificationResult {
-                    dataset: "xnli".into(),
-                    pool: Pool::Seen,
-                    base_model: BaseModel::DeptSpec,
-                    method,
-                    budget,
-                    seed: 42,
-                    client_id: "0".into(),
+                    key: run_key(
+                        "xnli",
+                        Pool::Seen,
+                        BaseModel::DeptSpec,
+                        method,
+                        budget,
+                        42,
+                        0,
+                    ),
                     language: "ur".into(),
                     correct: if method == Method::Lora { 50 } else { 60 } + budget as u64,
                     total: 100,
@@ -198,10 +201,10 @@ mod tests {
             peak_rss_bytes: 2_000_000_000,
             clients: 1,
         }];
-        let ranks = crate::report::rank_structure::tests::bert_ranks(&[("0", "ur")]);
+        let ranks = crate::report::rank_structure::tests::bert_ranks(&[(0, "ur")]);
         let lambdas: Vec<LambdaVector> = (0..4)
             .map(|c| LambdaVector {
-                client_id: c.to_string(),
+                client_id: c,
                 language: if c < 2 { "ur" } else { "ar" }.into(),
                 values: vec![c as f64, 1.0 + (c % 3) as f64],
             })
@@ -250,7 +253,7 @@ mod tests {
 
     #[test]
     fn grouped_plots_carry_their_prefix() {
-        let ranks = crate::report::rank_structure::tests::bert_ranks(&[("0", "ur")]);
+        let ranks = crate::report::rank_structure::tests::bert_ranks(&[(0, "ur")]);
         let dir = tempfile::tempdir().unwrap();
         let opts = ReportOptions::default();
         let a = write_rank_and_lambda_plots(&ranks, &[], &opts, dir.path(), "pers_dept_").unwrap();

@@ -83,7 +83,7 @@ pub fn init_lr_net(cfg: &LrNetConfig, seed: u64, device: &Device) -> Result<Para
     let mut store = ParamStore::new(device);
     for (name, fan_in, fan_out) in cfg.layers() {
         let std = INIT_GAIN * (2.0 / (fan_in + fan_out) as f64).sqrt();
-        let w = crate::peft::lora::normal_tensor(
+        let w = crate::nn::normal_tensor(
             derive_seed(seed, &["lr_net".into(), name.as_str().into()]),
             (fan_out, fan_in),
             std,

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::{InnerModel, Result, Split};
-use crate::peft::lora::normal_tensor;
+use crate::nn::normal_tensor;
 
 pub struct TinyLora {
     params: Vec<Var>,

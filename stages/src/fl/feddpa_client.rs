@@ -8,7 +8,8 @@ use candle_core::DType;
 use datasets::Example;
 
 use super::engine::{ClientRound, ClientUpdate, LocalTrainer, Weights};
-use super::fedavg_client::{assign, export, train_local, LocalSgdConfig, ShardLoader};
+use super::fedavg_client::{assign, export, ShardLoader};
+use crate::fit::{train_local, LocalSgdConfig};
 use crate::model::bert::{BertConfig, BertForSequenceClassification};
 use crate::params::ParamStore;
 use crate::peft::lora::{add_lora, merge_into_store, TargetModules};

@@ -344,12 +344,12 @@ mod tests {
 #[cfg(test)]
 mod causal_lm_tests {
     use super::*;
-    use crate::causal_lm::tests::{ex, tiny};
     use crate::fedl2p::inner::InnerConfig;
     use crate::fedl2p::lr_net::init_lr_net;
     use crate::fl::engine::{run_rounds, EngineConfig};
     use crate::methods::all_linear;
     use crate::methods::fedl2p::{lora_adapters, personalize_fedl2p, Fedl2pRun};
+    use crate::task::causal_lm::tests::{ex, tiny};
     use crate::task::Outputs;
     use std::sync::Arc;
 
@@ -424,7 +424,7 @@ mod causal_lm_tests {
     /// 0.8 %).
     #[test]
     fn llama_hessian_vector_products_match_finite_differences() {
-        use crate::peft::lora::normal_tensor;
+        use crate::nn::normal_tensor;
         use crate::second_order::{gradients_with_graph, hessian_vector_product};
         let m = tiny_lm();
         let ad = lora_adapters(&m, 2, 7).unwrap();

@@ -7,33 +7,20 @@ use candle_core::DType;
 use datasets::Example;
 
 use super::{all_linear, frozen_store, step};
+use super::{evaluate, FineTune, Personalized, Result};
+use crate::fit::Regulariser;
 use crate::fit::{fit, total_steps, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::peft::adalora::{add_adalora, AdaLoraConfig, RankAllocator};
 use crate::peft::lora::merge_into_store;
-use crate::personalize::{evaluate, Personalized, Result};
 use crate::task::TaskModel;
-use crate::train::Regulariser;
 
-/// AdaLoRA run settings (§6: lr 1e-3, 2 epochs).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdaLoraRun {
-    /// r_b: the target average rank.
-    pub budget: usize,
-    pub epochs: usize,
-    pub lr: f64,
-    pub batch_size: usize,
-    /// Micro-batches per optimiser step (Fed-Aya: 4 × 4).
-    pub accumulate: usize,
-    /// Seeds the adapter init, shuffling and dropout.
-    pub seed: u64,
-}
-
+/// AdaLoRA personalization of `model` on `train` (§6 settings in `run`), evaluated on `test`.
 pub fn personalize_adalora(
     model: TaskModel,
     train: &[Example],
     test: &[Example],
-    run: &AdaLoraRun,
+    run: &FineTune,
 ) -> Result<Personalized> {
     let s = step("adalora");
     if run.budget < 2 {
@@ -123,7 +110,7 @@ mod tests {
     #[test]
     fn ends_at_the_target_budget_and_is_reproducible() {
         let (train, test) = (examples(16, 0), examples(6, 1));
-        let run = AdaLoraRun {
+        let run = FineTune {
             budget: 2,
             epochs: 2,
             lr: 1e-3,
@@ -147,12 +134,9 @@ mod tests {
         assert_eq!(a.predictions.len(), 6);
         let b = personalize_adalora(tiny_model(), &train, &test, &run).unwrap();
         assert_eq!(a, b);
-        assert!(personalize_adalora(
-            tiny_model(),
-            &train,
-            &test,
-            &AdaLoraRun { budget: 1, ..run }
-        )
-        .is_err());
+        assert!(
+            personalize_adalora(tiny_model(), &train, &test, &FineTune { budget: 1, ..run })
+                .is_err()
+        );
     }
 }

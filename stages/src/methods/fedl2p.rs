@@ -8,13 +8,13 @@ use candle_core::{DType, Var};
 use datasets::Example;
 
 use super::{all_linear, frozen_store, meta_features, step};
+use super::{evaluate, Personalized, Result};
 use crate::fedl2p::lr_net::{LrNet, LrNetConfig};
 use crate::fit::{fit, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
 use crate::peft::lora::{add_lora, merge_into_store};
 use crate::peft::{a_name, b_name, AdapterKind, AdapterSpec, LinearShape};
-use crate::personalize::{evaluate, Personalized, Result};
 use crate::rng::derive_seed;
 use crate::task::TaskModel;
 
@@ -184,7 +184,7 @@ mod tests {
     use super::*;
     use crate::fedl2p::lr_net::init_lr_net;
     use crate::methods::testutil::{examples, tiny_model};
-    use crate::personalize::{personalize_lora, LoraRun};
+    use crate::methods::{personalize_lora, FineTune};
     use candle_core::Tensor;
 
     fn run(seed: u64) -> Fedl2pRun {
@@ -225,7 +225,7 @@ mod tests {
             tiny_model(),
             &train,
             &test,
-            &LoraRun {
+            &FineTune {
                 budget: 2,
                 epochs: 2,
                 lr: rates[0].lr,

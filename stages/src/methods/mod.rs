@@ -1,25 +1,82 @@
-//! The BayesTune-based personalization methods and AdaLoRA (PAPER_NOTES §3, §4, §6) on a base
-//! classifier: Stage 1 λ learning, global top-k rank selection with fine-tuning of the pruned
-//! adapters (FedP2EFT and BayesTune-LoRA share it), and the AdaLoRA baseline. Every function
-//! takes the client's base model by value or reference and leaves the caller's weights alone.
+//! The personalization methods (PAPER_NOTES §3, §4, §6) on a client's base model, for both
+//! tasks: the LoRA baseline, BayesTune Stage 1 λ learning, global top-k rank selection with
+//! fine-tuning of the pruned adapters (FedP2EFT and BayesTune-LoRA share it), AdaLoRA and FedL2P's
+//! fine-tune; the base loading they share (`client_base`) and the PSG's client meta-data
+//! (`meta_data`). Every function takes the client's base model by value or reference and leaves
+//! the caller's weights alone.
 
 pub mod adalora;
+pub mod client_base;
 pub mod fedl2p;
+pub mod lora;
+pub mod meta_data;
 pub mod ranked;
 pub mod stage1;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-use candle_core::Tensor;
 use datasets::Example;
 
-use crate::params::ParamStore;
-use crate::peft::{AdapterSpec, LinearShape};
-use crate::personalize::{PersonalizeError, Result};
-use crate::task::TaskModel;
+pub use client_base::load_base;
+pub use lora::personalize_lora;
+pub use meta_data::{meta_features, META_BATCH};
 
-fn step(step: &'static str) -> impl Fn(String) -> PersonalizeError {
+use crate::params::ParamStore;
+use crate::peft::LinearShape;
+use crate::task::{ModelError, Outputs, TaskModel};
+
+/// Errors of one personalization run; each names the file or step.
+#[derive(Debug, thiserror::Error)]
+pub enum PersonalizeError {
+    /// Boxed: the base-model error is large and this one is returned on every path.
+    #[error(transparent)]
+    Base(Box<ModelError>),
+    #[error("{path}: {message}")]
+    ClientState { path: String, message: String },
+    #[error("{step}: {message}")]
+    Step { step: &'static str, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, PersonalizeError>;
+
+impl From<ModelError> for PersonalizeError {
+    fn from(e: ModelError) -> Self {
+        PersonalizeError::Base(Box::new(e))
+    }
+}
+
+pub(crate) fn step(step: &'static str) -> impl Fn(String) -> PersonalizeError {
     move |message| PersonalizeError::Step { step, message }
+}
+
+/// What a run produced: test outputs (in test-split order) and the kept rank per module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Personalized {
+    pub predictions: Outputs,
+    /// (module, rank) for every adapted linear.
+    pub ranks: Vec<(String, usize)>,
+    pub mean_train_loss: f32,
+}
+
+impl Personalized {
+    pub fn correct(&self) -> u64 {
+        self.predictions.correct()
+    }
+}
+
+/// Settings of a plain adapter fine-tune on one client (LoRA, AdaLoRA; PAPER_NOTES §4, §6:
+/// 2 epochs, lr 1e-4, AdaLoRA 1e-3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FineTune {
+    /// r_b: the rank of every adapted module (AdaLoRA: the target average rank).
+    pub budget: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step (Fed-Aya: 4 × 4).
+    pub accumulate: usize,
+    /// Seeds the adapter init, shuffling and dropout.
+    pub seed: u64,
 }
 
 /// Every linear the methods adapt (PEFT `all-linear`, PAPER_NOTES §3), in module order.
@@ -37,19 +94,14 @@ pub fn frozen_store(model: &TaskModel) -> Result<ParamStore> {
     Ok(store)
 }
 
-/// Batch size of the meta-data pass [code] (PAPER_NOTES §5).
-pub const META_BATCH: usize = 4;
-
-/// The client's meta-data (PAPER_NOTES §5): mean/SD of every base linear's input over its
-/// train set, in batches of 4, adapters off. Shape (1, 2 × observed linears).
-pub fn meta_features(model: &TaskModel, train: &[Example]) -> Result<Tensor> {
-    let s = step("meta-data");
-    let net = model.net(model.store(), &AdapterSpec::NONE).map_err(&s)?;
-    let train = model.trainable(train).map_err(&s)?;
-    let idx: Vec<usize> = (0..train.len()).collect();
-    let mut batches = Vec::new();
-    for chunk in idx.chunks(META_BATCH) {
-        batches.push(model.batch(&train, chunk).map_err(&s)?);
-    }
-    crate::psg::client_features(&net, &batches).map_err(|e| s(e.to_string()))
+/// Test outputs of `model`'s network over `store` (adapters merged or absent).
+pub fn evaluate(
+    model: &TaskModel,
+    store: &ParamStore,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<Outputs> {
+    model
+        .evaluate(store, examples, batch_size)
+        .map_err(step("predict"))
 }

@@ -7,6 +7,7 @@ use candle_core::{DType, Tensor};
 use datasets::Example;
 
 use super::{all_linear, frozen_store, step};
+use super::{evaluate, Personalized, Result};
 use crate::fit::{fit, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
@@ -15,7 +16,6 @@ use crate::peft::bayestune::{
 };
 use crate::peft::lora::merge_into_store;
 use crate::peft::LinearShape;
-use crate::personalize::{evaluate, Personalized, Result};
 use crate::task::TaskModel;
 
 /// Fine-tuning settings of the selected adapters (§4: 2 epochs, lr 1e-4, AdamW wd 0).

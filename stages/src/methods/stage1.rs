@@ -7,14 +7,14 @@
 use candle_core::{DType, Tensor, Var};
 use datasets::Example;
 
+use super::Result;
 use super::{all_linear, frozen_store, step};
 use crate::fit::{fit, Fit};
+use crate::fit::{Clip, Regulariser};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::peft::bayestune::{add_bayestune, lambdas, set_lambdas_flat, BayesTuneConfig};
 use crate::peft::is_adapter_param;
-use crate::personalize::Result;
 use crate::task::TaskModel;
-use crate::train::{Clip, Regulariser};
 
 /// Stage-1 settings; [`Default`] is PAPER_NOTES §3.
 #[derive(Debug, Clone, Copy, PartialEq)]

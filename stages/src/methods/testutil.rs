@@ -3,8 +3,11 @@
 use candle_core::{Device, Tensor};
 use datasets::Example;
 
-use crate::base_model::{build_classifier, ModelSource, TinyBert};
-use crate::task::TaskModel;
+use std::path::Path;
+
+use crate::task::{
+    build_classifier, save_classifier, ClassifierModel, ModelSource, TaskModel, TaskSetup, TinyBert,
+};
 
 /// `n` two-class examples whose label is readable from the words (offset shifts the labels).
 pub fn examples(n: usize, offset: usize) -> Vec<Example> {
@@ -26,9 +29,9 @@ pub fn examples(n: usize, offset: usize) -> Vec<Example> {
         .collect()
 }
 
-/// A 1-layer BERT (8 linears: 6 in the layer + pooler + classifier), all weights trainable
-/// as `personalize::load_base` returns them.
-pub fn tiny_model() -> TaskModel {
+/// A 1-layer BERT (8 linears: 6 in the layer + pooler + classifier) over labels `sports`,
+/// `politics`, all weights trainable.
+pub fn tiny_classifier() -> ClassifierModel {
     let labels = vec!["sports".to_string(), "politics".to_string()];
     let texts: Vec<String> = examples(20, 0).into_iter().map(|e| e.text_a).collect();
     build_classifier(
@@ -47,7 +50,32 @@ pub fn tiny_model() -> TaskModel {
         &Device::Cpu,
     )
     .expect("tiny model")
-    .into()
+}
+
+/// [`tiny_classifier`] as `methods::load_base` returns a base.
+pub fn tiny_model() -> TaskModel {
+    tiny_classifier().into()
+}
+
+/// Saves [`tiny_classifier`] into `dir` in HF layout; returns its labels.
+pub fn saved_tiny(dir: &Path) -> Vec<String> {
+    let m = tiny_classifier();
+    save_classifier(&m, dir).expect("save tiny model");
+    m.config
+        .id2label
+        .as_ref()
+        .expect("labels")
+        .values()
+        .cloned()
+        .collect()
+}
+
+/// The classification setup of [`saved_tiny`]'s model.
+pub fn setup(labels: &[String]) -> TaskSetup {
+    TaskSetup::Classification {
+        labels: labels.to_vec(),
+        max_len: 16,
+    }
 }
 
 /// max |a − b| over all elements (f32).

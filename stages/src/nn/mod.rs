@@ -7,9 +7,11 @@
 
 pub mod dropout;
 pub mod fused;
+pub mod init;
 pub mod ops;
 
 pub use dropout::{DropMask, Dropout, DropoutRng};
+pub use init::normal_tensor;
 pub use ops::{
     attention, gelu_erf, layer_norm, linear_forward, residual_layer_norm, softmax_last_dim,
     ste_clamp,

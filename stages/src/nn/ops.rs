@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn frozen_weight_linear_equals_plain_matmul_and_skips_its_gradient() {
-        use crate::peft::lora::normal_tensor;
+        use crate::nn::normal_tensor;
         let dev = Device::Cpu;
         let f32 = candle_core::DType::F32;
         let x = Var::from_tensor(&normal_tensor(1, (6, 5), 1.0, &dev, f32).unwrap()).unwrap();

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, D};
 
-use super::lora::normal_tensor;
 use super::{a_name, b_name, e_name, LinearShape};
 use super::{PeftError, Result};
+use crate::nn::normal_tensor;
 use crate::params::ParamStore;
 use crate::rng::derive_seed;
 

@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
+use super::Result;
 use super::{a_name, b_name, e_name, lambda_name, AdaptedLinear, AdapterSpec, LinearShape};
-use super::{PeftError, Result};
 use crate::params::ParamStore;
 use crate::rng::{derive_seed, rng_from};
 
@@ -58,23 +58,6 @@ pub fn kaiming_uniform_a(
         .map(|_| (-bound + 2.0 * bound * rng.random::<f64>()) as f32)
         .collect();
     Ok(Tensor::from_vec(v, (rank, in_dim), device)?.to_dtype(dtype)?)
-}
-
-/// Normal(0, std) tensor from our seeded stream (Box–Muller via `rand_distr`).
-pub fn normal_tensor(
-    seed: u64,
-    shape: (usize, usize),
-    std: f64,
-    device: &Device,
-    dtype: DType,
-) -> Result<Tensor> {
-    use rand_distr::{Distribution, Normal};
-    let normal = Normal::new(0.0f64, std).map_err(|e| PeftError::Invalid(e.to_string()))?;
-    let mut rng = rng_from(seed);
-    let v: Vec<f32> = (0..shape.0 * shape.1)
-        .map(|_| normal.sample(&mut rng) as f32)
-        .collect();
-    Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
 }
 
 /// Adds trainable LoRA tensors (A Kaiming-uniform from `a_seed(seed, name)`, B = 0) to `store`
@@ -141,7 +124,7 @@ pub fn merge_into_store(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::DropoutRng;
+    use crate::nn::{normal_tensor, DropoutRng};
     use crate::peft::layer::ForwardCtx;
     use crate::peft::AdapterKind;
 

@@ -11,7 +11,7 @@ const TOL: f32 = 2e-5;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     let n = shape.iter().product::<usize>();
-    crate::peft::lora::normal_tensor(seed, (n, 1), 1.0, &Device::Cpu, DType::F32)
+    crate::nn::normal_tensor(seed, (n, 1), 1.0, &Device::Cpu, DType::F32)
         .unwrap()
         .reshape(shape)
         .unwrap()
