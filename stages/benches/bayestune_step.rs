@@ -111,6 +111,7 @@ fn measure(dtype: DType) -> Res<(f64, f64)> {
                 max_norm: 1.0,
             }),
             Some(step as u64),
+            None,
         )?;
         let dt = t0.elapsed().as_secs_f64();
         eprintln!(

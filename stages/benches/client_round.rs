@@ -114,6 +114,7 @@ fn run(s: &Setting) -> Res<()> {
     store.set_trainable(|_| true)?;
     let task = TaskModel::Classifier(ClassifierModel {
         config: s.cfg.clone(),
+        max_len: s.seq,
         store,
         tokenizer: tok,
         tokenizer_json: String::new(),

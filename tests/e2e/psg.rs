@@ -143,6 +143,25 @@ fn stage1_once_per_client_and_exact_rank_budgets() {
         let lambdas = std::fs::read_to_string(out.join("lambdas.csv")).unwrap();
         assert_eq!(lambdas.lines().count(), 1 + 8 * 4, "r_max λ per module");
     }
+    // One A per run seed (the reference seeds torch before every `get_peft_model`): every
+    // FedP2EFT and BayesTune-LoRA personalization restores the A the PSG's Stage 1 and the
+    // baseline's Stage 1 trained with — the same draw for all of them.
+    let seed_of = |dir: &std::path::Path, file: &str| -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        v["init_seed"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{file}: {v}"))
+    };
+    let psg = all.iter().find(|(k, _)| k == "psg/fedp2eft").unwrap();
+    let a = seed_of(&psg.1.join("psg"), "config.json");
+    for (kind, out) in &all {
+        match kind.as_str() {
+            "lambda/bayestune" => assert_eq!(seed_of(out, "stage1.json"), a, "{}", out.display()),
+            "personalize" => assert_eq!(seed_of(out, "run.json"), a, "{}", out.display()),
+            _ => {}
+        }
+    }
     let report = all.iter().find(|(k, _)| k == "report").unwrap();
     for f in [
         "rank_structure_fedp2eft.svg",

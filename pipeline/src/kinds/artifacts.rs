@@ -34,6 +34,8 @@ pub const GENERATIONS_FILE: &str = "generations.csv";
 pub const RANKS_FILE: &str = "ranks.csv";
 /// `personalize` (BayesTune methods): the λ ranks were selected from.
 pub const LAMBDAS_FILE: &str = "lambdas.csv";
+/// `personalize`: the seeds the run used (`init_seed` of A, `train_seed`).
+pub const RUN_FILE: &str = "run.json";
 /// `personalize` (FedL2P): learning rate per LoRA matrix.
 pub const LRS_FILE: &str = "lrs.csv";
 

@@ -302,7 +302,8 @@ impl StageKind for FedAvgKind {
         self.name
     }
     fn version(&self) -> u32 {
-        2
+        // 3: every client's local training clips the gradient norm at 1.0 (HF Trainer default).
+        3
     }
     fn describe(&self) -> &'static str {
         self.describe
@@ -378,7 +379,8 @@ impl StageKind for FedDpaKind {
         "base/feddpa_t"
     }
     fn version(&self) -> u32 {
-        2
+        // 3: every client's local training clips the gradient norm at 1.0 (HF Trainer default).
+        3
     }
     fn describe(&self) -> &'static str {
         "FedDPA-T: global + per-client local LoRA (r8 α8, q,v) on a BERT classifier"

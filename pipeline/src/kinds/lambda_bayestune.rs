@@ -14,6 +14,7 @@ use stages::task::device_from_name;
 
 use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact};
 use super::stage1::{AdapterMeta, Stage1Params};
+use super::trainer_seed::{client_train_seed, default_trainer_seed};
 use crate::engine::context::StageContext;
 use crate::engine::registry::{
     typed_params, ParamError, PlanInputs, Registry, StageError, StageKind,
@@ -27,6 +28,9 @@ pub fn register(r: &mut Registry) {
 #[serde(deny_unknown_fields)]
 struct Stage1KindParams {
     client: u32,
+    /// Shuffling and dropout (see `kinds::trainer_seed`).
+    #[serde(default = "default_trainer_seed")]
+    trainer_seed: u64,
     #[serde(flatten)]
     stage1: Stage1Params,
 }
@@ -37,7 +41,8 @@ impl StageKind for Stage1Kind {
         "lambda/bayestune"
     }
     fn version(&self) -> u32 {
-        2
+        // 3: FedP2EFT's shared A seed, the reference's fixed Trainer seed, λ gradients summed.
+        3
     }
     fn describe(&self) -> &'static str {
         "BayesTune-LoRA Stage 1 on one client (λ init 1e-4), once for all budgets"
@@ -70,8 +75,9 @@ impl StageKind for Stage1Kind {
         let setup = p.stage1.task().setup(&shard.reader, base.prompt()?);
         let model = base.load(p.client, &setup, &device)?;
         let train = shard.reader.load_client(p.client, Split::Train)?;
-        let init_seed = ctx.derive_seed(&["bayestune_init".into()]);
-        let seed = ctx.derive_seed(&["client".into(), u64::from(p.client).into()]);
+        // FedP2EFT's A (shared seed, as in the reference): pruning restores rows of it.
+        let init_seed = ctx.shared_seed(&["bayestune_init".into()]);
+        let seed = client_train_seed(p.trainer_seed, "lambda/bayestune", p.client);
         let cfg = p.stage1.config(shard.reader.task().kind);
         let out = train_stage1(&model, &train, &cfg, &LambdaInit::Constant, init_seed, seed)
             .map_err(err)?;

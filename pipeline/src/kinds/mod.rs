@@ -17,6 +17,7 @@ pub mod score;
 pub mod stage1;
 pub mod task;
 pub mod testing;
+pub mod trainer_seed;
 
 /// Environment variable that also registers the executor's test kinds (`test/*`). They exist for
 /// the end-to-end tests of the binary and are not listed otherwise.

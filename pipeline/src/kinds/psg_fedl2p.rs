@@ -217,6 +217,9 @@ pub struct LrNetMeta {
     pub val_ratio: f64,
     /// Seed of every client's train/val split (with the client id).
     pub split_seed: u64,
+    /// Seed of the LoRA's initial A the network was meta-trained with (personalization draws
+    /// the same A, as the reference's per-run torch seed does).
+    pub init_seed: u64,
     /// The round whose weights these are, and how many rounds ran.
     pub best_round: u64,
     pub rounds_run: u64,
@@ -239,7 +242,8 @@ impl StageKind for Fedl2pKind {
         "psg/fedl2p"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: A from the shared LoRA seed (recorded), fine-tunes clipped at 1.0.
+        2
     }
     fn describe(&self) -> &'static str {
         "FedL2P: federated bi-level training of the per-matrix learning-rate network for one budget"
@@ -255,12 +259,10 @@ impl StageKind for Fedl2pKind {
         let loader = base.loader(&seen.setup, &device)?;
         let sizes = seen.linears(&loader)?;
         let split_seed = ctx.derive_seed(&["train_val_split".into()]);
-        let cfg = p.round_config(
-            seen.kind,
-            sizes,
-            ctx.derive_seed(&["lora_init".into()]),
-            split_seed,
-        );
+        // The LoRA baseline's A (shared seed): the reference seeds torch with the run seed
+        // before every `get_peft_model`, so LoRA and FedL2P at one budget start from one A.
+        let init_seed = ctx.shared_seed(&["lora_init".into()]);
+        let cfg = p.round_config(seen.kind, sizes, init_seed, split_seed);
         let mut state = match ctx.resume() {
             Some(bytes) => Fedl2pState::from_bytes(&bytes, &device).map_err(StageError)?,
             None => {
@@ -331,6 +333,7 @@ impl StageKind for Fedl2pKind {
             extra_hidden_layers: cfg.net.extra_hidden_layers,
             val_ratio: p.val_ratio,
             split_seed,
+            init_seed,
             best_round,
             rounds_run: state.engine.round,
         };

@@ -64,7 +64,8 @@ impl StageKind for FedP2eftKind {
         "psg/fedp2eft"
     }
     fn version(&self) -> u32 {
-        2
+        // 3: shared, recorded A seed; λ gradients summed over steps as the reference's Stage 1.
+        3
     }
     fn describe(&self) -> &'static str {
         "FedP2EFT: federated training of the PS generator (Stage 1 BayesTune + Stage 2 regression)"
@@ -99,11 +100,11 @@ impl StageKind for FedP2eftKind {
         let seen = SeenPool::open(ctx, &base, &p.stage1.task())?;
         let loader = base.loader(&seen.setup, &device)?;
         let (observed, modules) = seen.linears(&loader)?;
-        let mut run = PsgRun::paper(
-            observed,
-            modules,
-            ctx.derive_seed(&["bayestune_init".into()]),
-        );
+        // One A for every client, round and personalization of this run seed, shared with the
+        // BayesTune-LoRA baseline's Stage 1 (the reference seeds torch with the run seed before
+        // every `get_peft_model`); recorded so personalization restores exactly this A.
+        let init_seed = ctx.shared_seed(&["bayestune_init".into()]);
+        let mut run = PsgRun::paper(observed, modules, init_seed);
         run.stage1 = p.stage1.config(seen.kind);
         run.psg.r_max = p.stage1.r_max;
         run.regression_steps = p.regression_steps;
@@ -146,7 +147,7 @@ impl StageKind for FedP2eftKind {
             observed: (observed != modules).then_some(observed),
             r_max: run.psg.r_max,
             alpha: p.stage1.alpha,
-            init_seed: None,
+            init_seed: Some(init_seed),
         }
         .write(&dir.join("config.json"))?;
         std::fs::write(ctx.out_dir().join("rounds.csv"), rounds_csv(&state.metrics))?;

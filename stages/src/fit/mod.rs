@@ -6,14 +6,22 @@
 //! so the same call is bit-reproducible.
 
 use candle_core::backprop::GradStore;
+use candle_core::Var;
 use datasets::Example;
 use rand::seq::SliceRandom;
 
+mod carry;
 pub mod local;
 pub mod step;
 
 pub use local::{train_local, LocalSgdConfig, RoundLr};
+pub use carry::GradCarry;
 pub use step::{train_step, Clip, Regulariser, StepStats, TrainError};
+
+/// `max_grad_norm` of every fine-tune the reference runs through the HF `Trainer` (its default;
+/// the reference never sets it): LoRA, AdaLoRA, the BayesTune fine-tunes, FedL2P's fine-tune and
+/// every base-model FL client.
+pub const REFERENCE_MAX_GRAD_NORM: f64 = 1.0;
 
 use crate::optim::Adam;
 use crate::rng::{derive_seed, rng_from};
@@ -33,11 +41,18 @@ pub struct Fit<'a> {
     /// Exactly this many optimiser steps instead of `epochs` passes.
     pub max_steps: Option<usize>,
     pub reg: Regulariser<'a>,
+    /// Clipping of a chosen subset (BayesTune Stage 1: A and B only).
     pub clip: Option<&'a Clip<'a>>,
+    /// Without `clip`: `clip_grad_norm_` over every parameter the optimiser steps, as the HF
+    /// Trainer does ([`REFERENCE_MAX_GRAD_NORM`] by default).
+    pub max_grad_norm: Option<f64>,
+    /// Vars whose gradients are summed over all steps so far (see [`GradCarry`]).
+    pub carry: &'a [Var],
 }
 
 impl<'a> Fit<'a> {
-    /// `epochs` passes in batches of `batch_size`, no accumulation, no regulariser.
+    /// `epochs` passes in batches of `batch_size`, no accumulation, no regulariser, gradients
+    /// clipped at [`REFERENCE_MAX_GRAD_NORM`].
     pub fn plain(batch: Batcher<'a>, epochs: usize, batch_size: usize) -> Self {
         Self {
             batch,
@@ -47,6 +62,8 @@ impl<'a> Fit<'a> {
             max_steps: None,
             reg: Regulariser::None,
             clip: None,
+            max_grad_norm: Some(REFERENCE_MAX_GRAD_NORM),
+            carry: &[],
         }
     }
 }
@@ -78,6 +95,9 @@ pub fn fit(
         return Err("batch size and accumulation steps must be positive".into());
     }
     let target = total_steps(examples.len(), cfg);
+    let all_vars: Vec<Var> = opt.vars().into_iter().cloned().collect();
+    let all_refs: Vec<&Var> = all_vars.iter().collect();
+    let mut carry = (!cfg.carry.is_empty()).then(|| GradCarry::new(cfg.carry.to_vec()));
     let mut total = 0f64;
     let mut steps = 0usize;
     let mut epoch = 0u64;
@@ -97,12 +117,27 @@ pub fn fit(
                 .map(|chunk| (cfg.batch)(examples, chunk))
                 .collect::<Result<Vec<_>, _>>()?;
             let dropout = derive_seed(seed, &["dropout".into(), (steps as u64).into()]);
-            let clip = cfg.clip.map(|c| Clip {
-                vars: c.vars,
-                max_norm: c.max_norm,
-            });
-            let (stats, grads) = train_step(net, &batches, cfg.reg, opt, clip, Some(dropout))
-                .map_err(|e| format!("step {steps}: {e}"))?;
+            let clip = match (cfg.clip, cfg.max_grad_norm) {
+                (Some(c), _) => Some(Clip {
+                    vars: c.vars,
+                    max_norm: c.max_norm,
+                }),
+                (None, Some(max_norm)) => Some(Clip {
+                    vars: &all_refs,
+                    max_norm,
+                }),
+                (None, None) => None,
+            };
+            let (stats, grads) = train_step(
+                net,
+                &batches,
+                cfg.reg,
+                opt,
+                clip,
+                Some(dropout),
+                carry.as_mut(),
+            )
+            .map_err(|e| format!("step {steps}: {e}"))?;
             total += f64::from(stats.loss);
             steps += 1;
             after_step(steps, &grads).map_err(|e| format!("step {steps}: {e}"))?;

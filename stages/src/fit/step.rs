@@ -1,11 +1,14 @@
 //! One optimiser step as every local training loop calls it: forward of each micro-batch of an
-//! accumulation group → task loss (summed, divided by the group's items) + BayesTune priors or
-//! AdaLoRA orthogonality → backward → gradients summed over the group → clipping over a chosen
-//! subset → optimiser step. Works for both tasks through [`crate::task::Net`].
+//! accumulation group → task loss (each micro-batch's mean, divided by the number of
+//! micro-batches, as transformers 4.44.2 scales it) + BayesTune priors or AdaLoRA orthogonality
+//! → backward → gradients summed over the group → clipping over a chosen subset → optimiser step.
+//! Works for both tasks through [`crate::task::Net`].
+
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use super::carry::GradCarry;
 use crate::nn::DropoutRng;
 use crate::optim::{clip_grad_norm, Adam, OptimError};
 use crate::params::ParamStore;
@@ -66,8 +69,9 @@ pub struct StepStats {
 
 /// One optimiser step over `group` (one micro-batch, or several accumulated: PAPER_NOTES §1,
 /// Fed-Aya 4 × 4). Train mode (dropout) when `dropout_seed` is set, eval mode otherwise; micro-
-/// batch `i > 0` draws its dropout from a seed derived from `(dropout_seed, i)`. Returns the stats
-/// and the summed (clipped) gradients, e.g. for AdaLoRA's rank allocator.
+/// batch `i > 0` draws its dropout from a seed derived from `(dropout_seed, i)`. `carry` sums
+/// some vars' gradients across steps (after clipping, which never covers them). Returns the
+/// stats and the summed (clipped) gradients, e.g. for AdaLoRA's rank allocator.
 pub fn train_step(
     model: &Net,
     group: &[Batch],
@@ -75,8 +79,8 @@ pub fn train_step(
     opt: &mut Adam,
     clip: Option<Clip<'_>>,
     dropout_seed: Option<u64>,
+    carry: Option<&mut GradCarry>,
 ) -> Result<(StepStats, GradStore)> {
-    let items = group_items(group)?;
     let k = group.len() as f64;
     let mut grads: Option<GradStore> = None;
     let (mut total, mut task_loss) = (0f32, 0f32);
@@ -92,8 +96,10 @@ pub fn train_step(
             Some(r) => ForwardCtx::train(r),
             None => ForwardCtx::eval(),
         };
+        // transformers 4.44.2 under accumulation: each micro-batch's mean loss divided by the
+        // number of micro-batches (the mean of means, not the mean over the group's items).
         let (sum, _) = model.task_loss_sum(batch, &ctx)?;
-        let task = (sum / items as f64)?;
+        let task = (sum / (batch_items(batch)? as f64 * k))?;
         // The regulariser enters once per step: a k-th of it per micro-batch.
         let loss = match regulariser(reg)? {
             Some(r) if k == 1.0 => (&task + r)?,
@@ -118,6 +124,9 @@ pub fn train_step(
         Some(c) => Some(clip_grad_norm(&mut grads, c.vars, c.max_norm)?),
         None => None,
     };
+    if let Some(c) = carry {
+        c.apply(&mut grads)?;
+    }
     opt.step(&grads)?;
     Ok((
         StepStats {
@@ -129,29 +138,26 @@ pub fn train_step(
     ))
 }
 
-/// Items (examples or response tokens) of a whole accumulation group.
-fn group_items(group: &[Batch]) -> Result<usize> {
-    let mut n = 0;
-    for b in group {
-        n += match b {
-            Batch::Classifier(c) => c.labels.dim(0)?,
-            Batch::CausalLm(l) => {
-                let labels = l.labels.to_vec2::<i64>()?;
-                labels
-                    .iter()
-                    .map(|row| {
-                        row.iter()
-                            .skip(1)
-                            .filter(|&&y| y != crate::tokenize::IGNORE_INDEX)
-                            .count()
-                    })
-                    .sum()
-            }
-        };
-    }
+/// Items (examples, or response tokens) a micro-batch's loss is the mean over.
+fn batch_items(batch: &Batch) -> Result<usize> {
+    let n = match batch {
+        Batch::Classifier(c) => c.labels.dim(0)?,
+        Batch::CausalLm(l) => {
+            let labels = l.labels.to_vec2::<i64>()?;
+            labels
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .skip(1)
+                        .filter(|&&y| y != crate::tokenize::IGNORE_INDEX)
+                        .count()
+                })
+                .sum()
+        }
+    };
     if n == 0 {
         return Err(TrainError::Candle(candle_core::Error::Msg(
-            "no items to train on in this step".into(),
+            "no items to train on in this micro-batch".into(),
         )));
     }
     Ok(n)
@@ -263,6 +269,7 @@ mod tests {
                 &mut opt,
                 None,
                 Some(seed + step),
+                None,
             )
             .unwrap();
             losses.push(s.loss);
@@ -338,10 +345,12 @@ mod tests {
             .unwrap()
     }
 
-    /// Accumulating two micro-batches divides by the tokens of both, so the step's gradient
-    /// equals that of one batch holding all four sequences (up to f32 summation order, 1e-6).
+    /// Under accumulation each micro-batch contributes its own mean loss divided by the number
+    /// of micro-batches (transformers 4.44.2: `loss / gradient_accumulation_steps` per
+    /// micro-batch, `trainer.py` 3349–3351), so a group of one and three sequences steps with the
+    /// average of the two micro-batches' gradients, not the gradient of one pooled batch.
     #[test]
-    fn accumulated_micro_batches_equal_one_large_batch() {
+    fn accumulated_micro_batches_average_their_means() {
         use crate::task::causal_lm::tests::ex;
         let examples: Vec<_> = (0..4).map(ex).collect();
         let grads_of = |groups: Vec<Vec<usize>>| {
@@ -359,38 +368,47 @@ mod tests {
                 }],
             )
             .unwrap();
-            let (_, g) =
-                train_step(&net, &batches, Regulariser::None, &mut opt, None, None).unwrap();
+            let (_, g) = train_step(
+                &net,
+                &batches,
+                Regulariser::None,
+                &mut opt,
+                None,
+                None,
+                None,
+            )
+            .unwrap();
             store
                 .trainable()
                 .into_iter()
                 .map(|(n, v)| {
-                    (
-                        n,
-                        g.get(v.as_tensor())
-                            .unwrap()
-                            .flatten_all()
-                            .unwrap()
-                            .to_vec1::<f32>()
-                            .unwrap(),
-                    )
+                    let t = g.get(v.as_tensor()).unwrap();
+                    (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
                 })
                 .collect::<Vec<_>>()
         };
-        let one = grads_of(vec![vec![0, 1, 2, 3]]);
-        let two = grads_of(vec![vec![0, 1], vec![2, 3]]);
-        assert_eq!(one.len(), two.len());
-        let mut worst = 0f32;
-        for ((n1, a), (n2, b)) in one.iter().zip(&two) {
-            assert_eq!(n1, n2);
-            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            for (x, y) in a.iter().zip(b) {
-                worst = worst.max((x - y).abs() / scale);
+        let first = grads_of(vec![vec![0]]);
+        let rest = grads_of(vec![vec![1, 2, 3]]);
+        let pooled = grads_of(vec![vec![0, 1, 2, 3]]);
+        let group = grads_of(vec![vec![0], vec![1, 2, 3]]);
+        let (mut worst, mut pooled_gap) = (0f32, 0f32);
+        for (((n, g), (_, a)), ((_, b), (_, p))) in
+            group.iter().zip(&first).zip(rest.iter().zip(&pooled))
+        {
+            let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            for (((x, y), z), q) in g.iter().zip(a).zip(b).zip(p) {
+                worst = worst.max((x - 0.5 * (y + z)).abs() / scale);
+                pooled_gap = pooled_gap.max((x - q).abs() / scale);
             }
+            assert!(!g.is_empty(), "{n}");
         }
         assert!(
             worst <= 1e-5,
-            "accumulated vs one batch: max relative difference {worst:e}"
+            "group vs mean of micro-batch gradients: {worst:e}"
+        );
+        assert!(
+            pooled_gap > 1e-3,
+            "1 + 3 sequences must not step like one pooled batch ({pooled_gap:e})"
         );
     }
 

@@ -193,6 +193,7 @@ mod tests {
         store.set_trainable(|_| true).unwrap();
         let task = TaskModel::Classifier(ClassifierModel {
             config,
+            max_len: 512,
             store,
             tokenizer: tok,
             tokenizer_json: String::new(),

@@ -406,6 +406,7 @@ mod causal_lm_tests {
             epochs: 1,
             batch_size: 2,
             accumulate: 1,
+            init_seed: cfg.init_seed,
             seed: 3,
         };
         drop(client);

@@ -22,6 +22,17 @@ pub fn personalize_adalora(
     test: &[Example],
     run: &FineTune,
 ) -> Result<Personalized> {
+    personalize_adalora_traced(model, train, test, run).map(|(out, _)| out)
+}
+
+/// [`personalize_adalora`], also returning the rank budget the allocator set after every
+/// optimiser step.
+pub fn personalize_adalora_traced(
+    model: TaskModel,
+    train: &[Example],
+    test: &[Example],
+    run: &FineTune,
+) -> Result<(Personalized, Vec<usize>)> {
     let s = step("adalora");
     if run.budget < 2 {
         // init_r = ⌊1.5·r_b⌋ must exceed r_b for the allocator to have anything to prune.
@@ -37,8 +48,7 @@ pub fn personalize_adalora(
     let cfg = AdaLoraConfig::for_budget(run.budget, steps);
     let modules = all_linear(&model);
     let mut store = frozen_store(&model)?;
-    let init_seed = crate::rng::derive_seed(run.seed, &["adalora_init".into()]);
-    add_adalora(&mut store, &modules, cfg.init_r, init_seed, DType::F32)
+    add_adalora(&mut store, &modules, cfg.init_r, run.init_seed, DType::F32)
         .map_err(|e| s(e.to_string()))?;
     let mut allocator = RankAllocator::new(cfg, &store, &modules).map_err(|e| s(e.to_string()))?;
     let spec = cfg.spec();
@@ -63,11 +73,15 @@ pub fn personalize_adalora(
         },
         ..plain
     };
+    let mut budgets = Vec::new();
     let loss = fit(&net, train, &mut opt, &fit_cfg, run.seed, |step, grads| {
-        allocator
-            .update_and_allocate(&mut masks, grads, step)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        // HF's AdaLoRA callback runs in `on_optimizer_step`, before `global_step += 1`
+        // (transformers 4.44.2 `trainer.py` 2341–2352): PEFT sees steps 0, 1, …, T − 1.
+        let budget = allocator
+            .update_and_allocate(&mut masks, grads, step - 1)
+            .map_err(|e| e.to_string())?;
+        budgets.push(budget);
+        Ok(())
     })
     .map_err(&s)?;
     drop(net);
@@ -95,11 +109,14 @@ pub fn personalize_adalora(
         .collect();
     merge_into_store(&mut store, &modules, &spec).map_err(|e| s(e.to_string()))?;
     let predictions = evaluate(&model, &store, test, run.batch_size)?;
-    Ok(Personalized {
-        predictions,
-        ranks,
-        mean_train_loss: loss,
-    })
+    Ok((
+        Personalized {
+            predictions,
+            ranks,
+            mean_train_loss: loss,
+        },
+        budgets,
+    ))
 }
 
 #[cfg(test)]
@@ -116,6 +133,7 @@ mod tests {
             lr: 1e-3,
             batch_size: 4,
             accumulate: 1,
+            init_seed: crate::rng::derive_seed(5, &["adalora_init".into()]),
             seed: 5,
         };
         // 8 steps: tinit 0, tfinal 2 → the final pattern is fixed at step 6.

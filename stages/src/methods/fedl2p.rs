@@ -72,7 +72,8 @@ pub struct LearnedRate {
 }
 
 /// Fine-tuning settings (PAPER_NOTES §6: 2 epochs, batch 32, AdamW wd 0; rates from the LR
-/// net). `seed` gives A's init and the shuffling exactly as the LoRA baseline derives them.
+/// net). `init_seed` gives A's init (the one the LR network was meta-trained with) and `seed`
+/// the shuffling, exactly as the LoRA baseline takes them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fedl2pRun {
     pub budget: usize,
@@ -80,6 +81,7 @@ pub struct Fedl2pRun {
     pub batch_size: usize,
     /// Micro-batches per optimiser step (Fed-Aya: 4 × 4).
     pub accumulate: usize,
+    pub init_seed: u64,
     pub seed: u64,
 }
 
@@ -111,11 +113,7 @@ pub fn personalize_fedl2p(
 ) -> Result<(Personalized, Vec<LearnedRate>)> {
     let s = step("fedl2p");
     let lrs = learning_rates(&model, train, net_store, net_cfg)?;
-    let mut ad = lora_adapters(
-        &model,
-        run.budget,
-        derive_seed(run.seed, &["lora_init".into()]),
-    )?;
+    let mut ad = lora_adapters(&model, run.budget, run.init_seed)?;
     if lrs.len() != ad.matrices.len() {
         return Err(s(format!(
             "the LR network gives {} rates; this model has {} LoRA matrices",
@@ -193,6 +191,7 @@ mod tests {
             epochs: 2,
             batch_size: 4,
             accumulate: 1,
+            init_seed: derive_seed(seed, &["lora_init".into()]),
             seed,
         }
     }
@@ -231,6 +230,7 @@ mod tests {
                 lr: rates[0].lr,
                 batch_size: 4,
                 accumulate: 1,
+                init_seed: derive_seed(5, &["lora_init".into()]),
                 seed: 5,
             },
         )

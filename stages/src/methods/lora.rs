@@ -28,14 +28,8 @@ pub fn personalize_lora(
     store
         .set_trainable(|_| false)
         .map_err(|e| s(e.to_string()))?;
-    add_lora(
-        store,
-        &modules,
-        |_| run.budget,
-        derive_seed(run.seed, &["lora_init".into()]),
-        DType::F32,
-    )
-    .map_err(|e| s(e.to_string()))?;
+    add_lora(store, &modules, |_| run.budget, run.init_seed, DType::F32)
+        .map_err(|e| s(e.to_string()))?;
     let spec = AdapterSpec {
         kind: AdapterKind::Lora {
             alpha: 2.0 * run.budget as f64,
@@ -83,6 +77,7 @@ mod tests {
             lr: 1e-2,
             batch_size: 4,
             accumulate: 1,
+            init_seed: derive_seed(seed, &["lora_init".into()]),
             seed,
         }
     }
@@ -102,15 +97,23 @@ mod tests {
         assert!(a.ranks.iter().any(|(m, _)| m.contains("pooler")));
         assert!(a.ranks.iter().all(|(_, r)| *r == 2));
         assert_eq!(a.predictions.len(), 6);
+        // (gold, predicted) pairs in test order: the gold side is the test split's labels…
+        let pairs = a.predictions.labels().unwrap();
+        let gold: Vec<u32> = pairs.iter().map(|p| p.0).collect();
         assert_eq!(
-            a.predictions
-                .labels()
-                .unwrap()
-                .iter()
-                .map(|p| p.0)
-                .collect::<Vec<_>>(),
+            gold,
             test.iter().map(|e| e.label_id.unwrap()).collect::<Vec<_>>()
         );
+        // …and the predicted side is the merged model's own arg-max: a longer fine-tune on the
+        // word-separable labels gets every test example right, the untrained base does not.
+        let long = FineTune {
+            epochs: 30,
+            ..run(5)
+        };
+        let base = evaluate(&load(), load().store(), &test, 4).unwrap();
+        let tuned = personalize_lora(load(), &train, &test, &long).unwrap();
+        assert_eq!(tuned.correct(), 6, "{:?}", tuned.predictions);
+        assert!(base.correct() < 6, "{base:?}");
         // The seed reaches the adapter init / shuffling.
         let other = personalize_lora(load(), &train, &test, &run(6)).unwrap();
         assert!(other.mean_train_loss.is_finite());
@@ -159,6 +162,7 @@ mod tests {
             lr: 3e-3,
             batch_size: 2,
             accumulate: 2,
+            init_seed: derive_seed(3, &["lora_init".into()]),
             seed: 3,
         };
         let base = build();

@@ -75,7 +75,10 @@ pub struct FineTune {
     pub batch_size: usize,
     /// Micro-batches per optimiser step (Fed-Aya: 4 × 4).
     pub accumulate: usize,
-    /// Seeds the adapter init, shuffling and dropout.
+    /// Seeds the adapters' initial A. The reference seeds torch with the run seed before the
+    /// adapters are created, so every client of a run draws the same A.
+    pub init_seed: u64,
+    /// Seeds shuffling and dropout (the reference's HF Trainer seed).
     pub seed: u64,
 }
 

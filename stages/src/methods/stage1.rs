@@ -1,6 +1,9 @@
 //! Stage 1 of BayesTune-LoRA (PAPER_NOTES §3): rank-r_max adapters with a per-rank λ on every
 //! linear, trained with CE + (100·L_B + 0.01·L_λ)/N by AdamW (lr 1e-4 for A and B, 1e-2 for λ,
-//! weight decay 0, constant lr, 2 epochs), gradient-norm clipping 1.0 over A and B only.
+//! weight decay 0, constant lr, 2 epochs), gradient-norm clipping 1.0 over A and B only. As in
+//! the reference, λ's gradient is never zeroed between steps: λ is a plain tensor the HF
+//! Trainer's `model.zero_grad()` does not reach (`btlora/layer.py` `fedbt_update_bts`), so its
+//! AdamW group steps with the running sum of all λ gradients so far.
 //! FedP2EFT runs it in every PSG round with λ initialised from the PSG; the BayesTune-LoRA
 //! baseline runs it once per client from λ = 1e-4.
 
@@ -93,6 +96,7 @@ pub fn train_stage1(
         .filter(|(n, _)| is_adapter_param(n))
         .partition(|(n, _)| n.ends_with(".lora_lambda"));
     let clip_vars: Vec<&Var> = ab.iter().map(|(_, v)| v).collect();
+    let lam_vars: Vec<Var> = lam.iter().map(|(_, v)| v.clone()).collect();
     let clip = Clip {
         vars: &clip_vars,
         max_norm: cfg.clip_norm,
@@ -122,6 +126,7 @@ pub fn train_stage1(
             n_train: train.len(),
         },
         clip: Some(&clip),
+        carry: &lam_vars,
         ..Fit::plain(&batch, cfg.epochs, cfg.batch_size)
     };
     let mean_loss = fit(&net, train, &mut opt, &fit_cfg, seed, |_, _| Ok(())).map_err(&s)?;

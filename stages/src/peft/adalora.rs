@@ -118,7 +118,8 @@ struct Ema {
 }
 
 /// PEFT's `RankAllocator`: call [`update_and_allocate`](Self::update_and_allocate) after each
-/// optimiser step with that step's gradients and the 1-based global step.
+/// optimiser step with that step's gradients and HF's `global_step` before its increment
+/// (0-based: the first optimiser step is step 0).
 #[derive(Debug, Clone)]
 pub struct RankAllocator {
     cfg: AdaLoraConfig,

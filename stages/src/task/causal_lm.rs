@@ -279,6 +279,36 @@ impl CausalLmModel {
         })
     }
 
+    /// The generation prompts of `examples[order]` alone, with special tokens, right-padded to
+    /// the longest (the reference's meta-data batches, §5); labels are all ignored.
+    pub fn prompt_batch(
+        &self,
+        examples: &[Example],
+        order: &[usize],
+    ) -> std::result::Result<LmBatch, String> {
+        let mut rows = Vec::with_capacity(order.len());
+        for &i in order {
+            let prompt = self.prompt_of(&examples[i]);
+            let enc = self
+                .tokenizer
+                .inner()
+                .encode(prompt.as_str(), true)
+                .map_err(|err| format!("example #{i}: {err}"))?;
+            rows.push((enc.get_ids().to_vec(), vec![0; enc.get_ids().len()]));
+        }
+        let enc = EncodedBatch::pad(rows, self.tokenizer.pad_id(), PaddingSide::Right)
+            .map_err(|e| e.to_string())?;
+        let device = self.store.device();
+        let (input_ids, attention_mask, _) = enc.to_tensors(device).map_err(|e| e.to_string())?;
+        let labels = Tensor::full(IGNORE_INDEX, (enc.len(), enc.width()), device)
+            .map_err(|e| e.to_string())?;
+        Ok(LmBatch {
+            input_ids,
+            attention_mask,
+            labels,
+        })
+    }
+
     /// Training examples that keep at least one response token after truncation (the reference
     /// drops examples whose prompt alone exceeds the maximum length).
     pub fn trainable_examples(

@@ -12,7 +12,7 @@ use datasets::Example;
 use super::error::{ModelError, Result};
 use super::source::ModelSource;
 use crate::model::bert::{
-    ensure_classifier, load_pretrained, predictions, random_init, BertConfig,
+    ensure_classifier, ensure_pooler, load_pretrained, predictions, random_init, BertConfig,
     BertForSequenceClassification, BertInput,
 };
 use crate::model::hf_layout::write_model_dir;
@@ -24,6 +24,8 @@ use crate::tokenize::{train_wordpiece, PaddingSide, TextTokenizer};
 /// tokenizer and its `tokenizer.json` text (saved unchanged with the model).
 pub struct ClassifierModel {
     pub config: BertConfig,
+    /// Inputs are truncated to this many tokens (and padded to it for the meta-data).
+    pub max_len: usize,
     pub store: ParamStore,
     pub tokenizer: TextTokenizer,
     pub tokenizer_json: String,
@@ -50,6 +52,7 @@ pub fn build_classifier(
         ModelSource::Dir(dir) => {
             let (cfg, store) = load_pretrained(dir, device, DType::F32, |_| true)?;
             let mut store = classifier_params(store)?;
+            ensure_pooler(&mut store, &cfg, head_seed, DType::F32)?;
             ensure_classifier(&mut store, &cfg, labels.len(), head_seed, DType::F32)?;
             let path = dir.join("tokenizer.json");
             let json = std::fs::read_to_string(&path)
@@ -105,10 +108,17 @@ pub fn build_classifier(
     }
     let inner = <tokenizers::Tokenizer as std::str::FromStr>::from_str(&tokenizer_json)
         .map_err(|e| ModelError::Invalid(format!("tokenizer.json: {e}")))?;
-    let mut tokenizer = TextTokenizer::new(inner, "[PAD]")?;
+    // BERT WordPiece vocabularies pad with `[PAD]`; XLM-R's SentencePiece one (multilingual-e5)
+    // with `<pad>`.
+    let pad = ["[PAD]", "<pad>"]
+        .into_iter()
+        .find(|t| inner.token_to_id(t).is_some())
+        .unwrap_or("[PAD]");
+    let mut tokenizer = TextTokenizer::new(inner, pad)?;
     tokenizer.set_max_len(max_len)?;
     Ok(ClassifierModel {
         config,
+        max_len,
         store,
         tokenizer,
         tokenizer_json,
@@ -166,6 +176,29 @@ pub fn classifier_batch(
     tokenizer: &TextTokenizer,
     device: &Device,
 ) -> std::result::Result<ClassifierBatch, String> {
+    padded_batch(examples, order, tokenizer, device, None)
+}
+
+/// [`classifier_batch`] with every row right-padded to `width` tokens: the reference tokenises
+/// its classification datasets with `padding="max_length"`, so the batches its PSG meta-data
+/// pass sees are `max_length` wide and the pad positions enter the statistics (§5).
+pub fn classifier_batch_padded_to(
+    examples: &[Example],
+    order: &[usize],
+    tokenizer: &TextTokenizer,
+    device: &Device,
+    width: usize,
+) -> std::result::Result<ClassifierBatch, String> {
+    padded_batch(examples, order, tokenizer, device, Some(width))
+}
+
+fn padded_batch(
+    examples: &[Example],
+    order: &[usize],
+    tokenizer: &TextTokenizer,
+    device: &Device,
+    width: Option<usize>,
+) -> std::result::Result<ClassifierBatch, String> {
     let mut labels = Vec::with_capacity(order.len());
     for &i in order {
         labels.push(
@@ -188,6 +221,10 @@ pub fn classifier_batch(
         tokenizer.encode_batch(&texts, PaddingSide::Right)
     }
     .map_err(|e| e.to_string())?;
+    let mut enc = enc;
+    if let Some(w) = width {
+        enc.pad_right_to(w, tokenizer.pad_id());
+    }
     let (input_ids, attention_mask, token_type_ids) =
         enc.to_tensors(device).map_err(|e| e.to_string())?;
     let labels = Tensor::new(labels, device).map_err(|e| e.to_string())?;

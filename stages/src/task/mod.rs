@@ -170,6 +170,28 @@ impl TaskModel {
         }
     }
 
+    /// A batch of the PSG meta-data pass (§5), as the reference tokenises it: classification
+    /// inputs padded to `max_len` (`padding="max_length"`); for the causal LM the generation
+    /// prompt alone (`template.format(instruction, "", "")[:-1]`), with special tokens,
+    /// right-padded to the longest.
+    pub fn meta_batch(
+        &self,
+        examples: &[Example],
+        order: &[usize],
+    ) -> std::result::Result<Batch, String> {
+        match self {
+            TaskModel::Classifier(m) => classifier::classifier_batch_padded_to(
+                examples,
+                order,
+                &m.tokenizer,
+                m.store.device(),
+                m.max_len,
+            )
+            .map(Batch::Classifier),
+            TaskModel::CausalLm(m) => m.prompt_batch(examples, order).map(Batch::CausalLm),
+        }
+    }
+
     /// The examples a method trains on (causal LM: those whose prompt fits `max_len`).
     pub fn trainable(&self, examples: &[Example]) -> std::result::Result<Vec<Example>, String> {
         match self {
@@ -211,6 +233,7 @@ impl TaskModel {
         match self {
             TaskModel::Classifier(m) => TaskModel::Classifier(ClassifierModel {
                 config: m.config.clone(),
+                max_len: m.max_len,
                 store,
                 tokenizer: m.tokenizer.clone(),
                 tokenizer_json: m.tokenizer_json.clone(),

@@ -65,6 +65,21 @@ impl EncodedBatch {
         Ok(batch)
     }
 
+    /// Right-pads every row to `width` (HF `padding="max_length"`); rows are never cut.
+    pub fn pad_right_to(&mut self, width: usize, pad_id: u32) {
+        for ((i, m), t) in self
+            .input_ids
+            .iter_mut()
+            .zip(&mut self.attention_mask)
+            .zip(&mut self.type_ids)
+        {
+            let n = width.saturating_sub(i.len());
+            i.extend(std::iter::repeat_n(pad_id, n));
+            m.extend(std::iter::repeat_n(0, n));
+            t.extend(std::iter::repeat_n(0, n));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.input_ids.len()
     }

@@ -11,8 +11,8 @@ use stages::methods::adalora::personalize_adalora;
 use stages::methods::fedl2p::{personalize_fedl2p, Fedl2pRun};
 use stages::methods::ranked::{personalize_ranked, RankedRun};
 use stages::methods::{all_linear, personalize_lora, FineTune, Personalized};
+use stages::params::ParamStore;
 use stages::peft::bayestune::{LAMBDA_MAX, LAMBDA_MIN};
-use stages::rng::derive_seed;
 use stages::runs::Method;
 use stages::task::TaskModel;
 use stages::Device;
@@ -22,14 +22,24 @@ use crate::engine::context::{InputArtifact, StageContext};
 use crate::engine::registry::StageError;
 use crate::kinds::artifacts::LRS_FILE;
 use crate::kinds::lambda_bayestune::read_stage1;
-use crate::kinds::psg_fedl2p::read_lr_net;
+use crate::kinds::psg_fedl2p::{read_lr_net, LrNetMeta};
 use crate::kinds::psg_fedp2eft::read_psg;
 use crate::kinds::stage1::AdapterMeta;
 
 /// λ per module (r_max values each) that ranks were selected from.
 pub(super) type Lambdas = Vec<Vec<f32>>;
 
-/// Runs `p.method`; also returns the λ the ranks were selected from (BayesTune methods).
+/// What a method's run produced, and the seeds it ran with.
+pub(super) struct MethodRun {
+    pub out: Personalized,
+    /// The λ the ranks were selected from (BayesTune methods).
+    pub lambdas: Option<Lambdas>,
+    /// The seed of the adapters' initial A: shared by every client of a run seed, and the one
+    /// the method's federated or Stage-1 stage trained with.
+    pub init_seed: u64,
+}
+
+/// Runs `p.method` with shuffling/dropout from `seed`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     ctx: &StageContext,
@@ -40,7 +50,12 @@ pub(super) fn run(
     test: &[Example],
     seed: u64,
     device: &Device,
-) -> Result<(Personalized, Option<Lambdas>), StageError> {
+) -> Result<MethodRun, StageError> {
+    let done = |out, lambdas, init_seed| MethodRun {
+        out,
+        lambdas,
+        init_seed,
+    };
     let ranked = |lambdas: Vec<Vec<f32>>, meta: &AdapterMeta, init_seed: u64, model| {
         let run = RankedRun {
             budget: p.budget,
@@ -53,26 +68,30 @@ pub(super) fn run(
             seed,
         };
         personalize_ranked(model, train, test, &lambdas, &run)
-            .map(|out| (out, Some(lambdas)))
+            .map(|out| done(out, Some(lambdas), init_seed))
             .map_err(err)
     };
-    let tune = FineTune {
+    let tune = |init_seed| FineTune {
         budget: p.budget,
         epochs: p.epochs,
         lr: p.lr(),
         batch_size: p.task.batch_size(kind),
         accumulate: p.task.accumulate(kind),
+        init_seed,
         seed,
     };
     match p.method {
-        Method::Lora => Ok((
-            personalize_lora(model, train, test, &tune).map_err(err)?,
-            None,
-        )),
-        Method::AdaLora => Ok((
-            personalize_adalora(model, train, test, &tune).map_err(err)?,
-            None,
-        )),
+        Method::Lora => {
+            // Shared with FedL2P's LoRA at the same budget (`psg/fedl2p` uses this seed).
+            let init = ctx.shared_seed(&["lora_init".into()]);
+            let out = personalize_lora(model, train, test, &tune(init)).map_err(err)?;
+            Ok(done(out, None, init))
+        }
+        Method::AdaLora => {
+            let init = ctx.shared_seed(&["adalora_init".into()]);
+            let out = personalize_adalora(model, train, test, &tune(init)).map_err(err)?;
+            Ok(done(out, None, init))
+        }
         Method::FedP2eft => {
             let up = upstream(ctx, "psg/fedp2eft", p.client)?;
             let (psg, cfg, meta) = read_psg(&up.dir, device)?;
@@ -85,21 +104,37 @@ pub(super) fn run(
                     all_linear(&model).len()
                 )));
             }
-            // The adapters' A is this run's own seeded draw (§4: restored, never re-drawn).
-            let init_seed = derive_seed(seed, &["bayestune_init".into()]);
+            // §4: pruning restores rows of the A the PSG's Stage 1 learned λ against.
+            let init_seed = meta.init_seed.ok_or_else(|| {
+                StageError::msg(format!(
+                    "{}: psg/config.json records no init_seed (trained by an older version; rerun the PSG stage)",
+                    up.instance
+                ))
+            })?;
             ranked(lambdas, &meta, init_seed, model)
         }
         Method::FedL2p => {
             let up = upstream(ctx, "psg/fedl2p", p.client)?;
+            let (store, meta) = read_lr_net(&up.dir, device)?;
             let run = Fedl2pRun {
                 budget: p.budget,
                 epochs: p.epochs,
                 batch_size: p.task.batch_size(kind),
                 accumulate: p.task.accumulate(kind),
+                init_seed: meta.init_seed,
                 seed,
             };
-            let out = personalize_fedl2p_run(ctx, up, p.client, &run, model, train, test, device)?;
-            Ok((out, None))
+            let out = personalize_fedl2p_run(
+                ctx,
+                up,
+                (&store, &meta),
+                p.client,
+                &run,
+                model,
+                train,
+                test,
+            )?;
+            Ok(done(out, None, meta.init_seed))
         }
         Method::BayesTuneLora => {
             let up = upstream(ctx, "lambda/bayestune", p.client)?;
@@ -145,14 +180,13 @@ fn upstream<'a>(
 fn personalize_fedl2p_run(
     ctx: &StageContext,
     upstream: &InputArtifact,
+    (store, meta): (&ParamStore, &LrNetMeta),
     client: u32,
     run: &Fedl2pRun,
     model: TaskModel,
     train: &[Example],
     test: &[Example],
-    device: &Device,
 ) -> Result<Personalized, StageError> {
-    let (store, meta) = read_lr_net(&upstream.dir, device)?;
     if meta.budget != run.budget {
         return Err(StageError::msg(format!(
             "{} trained the LR network for budget {}, this run has budget {} (give the FedL2P \
@@ -174,7 +208,7 @@ fn personalize_fedl2p_run(
     let (train, _) =
         client_split(train, meta.val_ratio, meta.split_seed, client).map_err(StageError)?;
     let (out, rates) =
-        personalize_fedl2p(model, &train, test, &store, &meta.net_config(), run).map_err(err)?;
+        personalize_fedl2p(model, &train, test, store, &meta.net_config(), run).map_err(err)?;
     let mut csv = String::from("module,matrix,lr\n");
     for r in &rates {
         writeln!(csv, "{},{},{}", r.module, r.matrix, r.lr).expect("string write");

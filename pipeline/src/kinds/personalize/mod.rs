@@ -17,6 +17,7 @@ use stages::task::device_from_name;
 
 use super::client_base::{all_clients, find_client, partition_dir, BaseArtifact};
 use super::task::TaskOptions;
+use super::trainer_seed::{client_train_seed, default_trainer_seed};
 use crate::engine::context::StageContext;
 use crate::engine::registry::{
     typed_params, ParamError, PlanInputs, Registry, StageError, StageKind,
@@ -45,6 +46,9 @@ struct PersonalizeParams {
     /// Default per method: 1e-3 for AdaLoRA, 1e-4 otherwise.
     #[serde(default)]
     lr: Option<f64>,
+    /// Shuffling and dropout (see `kinds::trainer_seed`).
+    #[serde(default = "default_trainer_seed")]
+    trainer_seed: u64,
     #[serde(flatten)]
     task: TaskOptions,
 }
@@ -84,8 +88,9 @@ impl StageKind for PersonalizeKind {
         "personalize"
     }
     fn version(&self) -> u32 {
-        // 4: ranks.csv names a client's dominant train language (was its first row's).
-        4
+        // 5: the A each method's federated/Stage-1 stage used (recorded in `run.json`), the
+        // reference's fixed Trainer seed, clipping at 1.0, AdaLoRA's 0-based steps.
+        5
     }
     fn describe(&self) -> &'static str {
         "personalize a base model on one client (lora, adalora, bayestune_lora, fedl2p, fedp2eft) and score its test split"
@@ -159,9 +164,10 @@ impl StageKind for PersonalizeKind {
                 p.client
             )));
         }
-        let seed = ctx.derive_seed(&["client".into(), u64::from(p.client).into()]);
+        let seed = client_train_seed(p.trainer_seed, "personalize", p.client);
         let kind = shard.reader.task().kind;
-        let (out, lambdas) = methods::run(ctx, &p, kind, model, &train, &test, seed, &device)?;
+        let run = methods::run(ctx, &p, kind, model, &train, &test, seed, &device)?;
+        let (out, lambdas) = (run.out, run.lambdas);
         let key = RunKey {
             dataset: shard.reader.task().dataset.clone(),
             pool: shard.pool,
@@ -179,6 +185,7 @@ impl StageKind for PersonalizeKind {
             lambdas.as_deref(),
             &test,
         )?;
+        outputs::write_seeds(ctx, run.init_seed, seed)?;
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use super::err;
 use crate::engine::context::StageContext;
 use crate::engine::registry::StageError;
 use crate::kinds::artifacts::{
-    GENERATIONS_FILE, LAMBDAS_FILE, PREDICTIONS_FILE, RANKS_FILE, RESULT_FILE,
+    GENERATIONS_FILE, LAMBDAS_FILE, PREDICTIONS_FILE, RANKS_FILE, RESULT_FILE, RUN_FILE,
 };
 
 /// Writes every output of the run `key` on the client whose language is `lang`.
@@ -78,6 +78,19 @@ pub(super) fn write(
         }
         std::fs::write(dir.join(LAMBDAS_FILE), csv)?;
     }
+    Ok(())
+}
+
+/// `run.json`: the seeds of the run (the adapters' initial A, shuffling and dropout), so a
+/// reader can check which A a method restored.
+pub(super) fn write_seeds(
+    ctx: &StageContext,
+    init_seed: u64,
+    train_seed: u64,
+) -> Result<(), StageError> {
+    let json = serde_json::json!({"init_seed": init_seed, "train_seed": train_seed});
+    let text = serde_json::to_string_pretty(&json).map_err(err)?;
+    std::fs::write(ctx.out_dir().join(RUN_FILE), text + "\n")?;
     Ok(())
 }
 

@@ -13,7 +13,9 @@ mod weights;
 pub use classifier::{cross_entropy, predictions, BertForSequenceClassification};
 pub use config::BertConfig;
 pub use encoder::{mean_pool_normalized, BertEncoder, BertInput};
-pub use weights::{ensure_classifier, load_pretrained, random_init, save_pretrained};
+pub use weights::{
+    ensure_classifier, ensure_pooler, load_pretrained, random_init, save_pretrained,
+};
 
 use crate::params::ParamError;
 

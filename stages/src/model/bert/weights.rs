@@ -60,6 +60,28 @@ pub fn ensure_classifier(
     Ok(true)
 }
 
+/// Adds a freshly initialised pooler (`bert.pooler.dense`, HF's `_init_weights`: N(0,
+/// initializer_range), bias 0) if the store lacks one, as `from_pretrained` does for a
+/// checkpoint saved without it (sentence-embedding models such as multilingual-e5 drop the
+/// pooler). Returns true when one was created.
+pub fn ensure_pooler(
+    store: &mut ParamStore,
+    cfg: &BertConfig,
+    seed: u64,
+    dtype: DType,
+) -> Result<bool> {
+    if store.contains("bert.pooler.dense.weight") {
+        return Ok(false);
+    }
+    let m = LinearShape {
+        name: "bert.pooler.dense".into(),
+        in_dim: cfg.hidden_size,
+        out_dim: cfg.hidden_size,
+    };
+    hf_linear_init(store, &m, cfg.initializer_range, seed, dtype)?;
+    Ok(true)
+}
+
 /// A randomly initialised `BertForSequenceClassification` (HF init distributions, our seeded
 /// RNG), all parameters frozen; re-partition with [`ParamStore::set_trainable`].
 pub fn random_init(
