@@ -36,6 +36,12 @@ pub const RANKS_FILE: &str = "ranks.csv";
 pub const LAMBDAS_FILE: &str = "lambdas.csv";
 /// `personalize`: the seeds the run used (`init_seed` of A, `train_seed`).
 pub const RUN_FILE: &str = "run.json";
+/// `personalize`: the total loss of every optimiser step of the fine-tune.
+pub const CURVE_FILE: &str = "curve.csv";
+/// `personalize`: ‖ΔW‖_F of every adapted module once its adapter is merged.
+pub const UPDATES_FILE: &str = "updates.csv";
+/// `psg/fedp2eft`: per round, the PSG's λ against the Stage-1 λ learned from it.
+pub const DIAGNOSTICS_FILE: &str = "diagnostics.csv";
 /// `personalize` (FedL2P): learning rate per LoRA matrix.
 pub const LRS_FILE: &str = "lrs.csv";
 

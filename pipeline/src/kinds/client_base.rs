@@ -15,6 +15,8 @@ use stages::task::{TaskModel, TaskSetup};
 use stages::tokenize::PromptTemplate;
 use stages::Device;
 
+use super::artifacts::MODEL_DIR;
+use super::base_cache::frozen_base;
 use super::task::TaskOptions;
 use crate::engine::context::{InputArtifact, StageContext};
 use crate::engine::registry::StageError;
@@ -157,8 +159,8 @@ impl BaseArtifact {
         super::task::read_prompt(&self.dir.join("model"))
     }
 
-    /// `client`'s base: `model/` plus its private state when it has one (a client that never
-    /// trained keeps the starting values in `model/`).
+    /// `client`'s base, frozen: `model/` plus its private state when it has one (a client that
+    /// never trained keeps the starting values in `model/`).
     pub fn load(
         &self,
         client: u32,
@@ -166,13 +168,15 @@ impl BaseArtifact {
         device: &Device,
     ) -> Result<TaskModel, StageError> {
         let state = self.client_state(client);
-        load_base(
-            &self.dir.join("model"),
-            state.is_file().then_some(state.as_path()),
-            setup,
-            device,
-        )
-        .map_err(|e| StageError(e.to_string()))
+        let model_dir = self.dir.join(MODEL_DIR);
+        if state.is_file() {
+            return load_base(&model_dir, Some(&state), setup, device)
+                .map_err(|e| StageError(e.to_string()));
+        }
+        // No private state: every client's base is the shared `model/`, loaded once per run.
+        frozen_base(&model_dir, setup, &format!("{device:?}"), || {
+            load_base(&model_dir, None, setup, device).map_err(|e| StageError(e.to_string()))
+        })
     }
 
     /// A loader of clients' bases that reads the shared model once when no client has private

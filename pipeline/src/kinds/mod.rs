@@ -6,6 +6,7 @@ use crate::engine::registry::Registry;
 
 pub mod artifacts;
 pub mod base;
+pub mod base_cache;
 pub mod client_base;
 pub mod lambda_bayestune;
 pub mod partition;

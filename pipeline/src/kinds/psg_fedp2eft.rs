@@ -10,12 +10,13 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 use stages::fl::psg_client::{PsgClient, PsgRun};
-use stages::fl::{rounds_csv, run_rounds, EngineConfig, EngineState, Weights};
+use stages::fl::{rounds_csv, run_rounds, EngineConfig, EngineState, RoundMetrics, Weights};
 use stages::params::{write_safetensors, ParamStore};
 use stages::psg::{init_psg, load_psg, PsgConfig};
 use stages::task::device_from_name;
 use stages::Device;
 
+use super::artifacts::DIAGNOSTICS_FILE;
 use super::client_base::{BaseArtifact, SeenPool};
 use super::stage1::{AdapterMeta, Stage1Params};
 use crate::engine::context::StageContext;
@@ -65,7 +66,8 @@ impl StageKind for FedP2eftKind {
     }
     fn version(&self) -> u32 {
         // 3: shared, recorded A seed; λ gradients summed over steps as the reference's Stage 1.
-        3
+        // 4: diagnostics.csv (the PSG's λ against the Stage-1 λ, per round).
+        4
     }
     fn describe(&self) -> &'static str {
         "FedP2EFT: federated training of the PS generator (Stage 1 BayesTune + Stage 2 regression)"
@@ -151,6 +153,10 @@ impl StageKind for FedP2eftKind {
         }
         .write(&dir.join("config.json"))?;
         std::fs::write(ctx.out_dir().join("rounds.csv"), rounds_csv(&state.metrics))?;
+        std::fs::write(
+            ctx.out_dir().join(DIAGNOSTICS_FILE),
+            diagnostics_csv(&state.metrics),
+        )?;
         if let Some(last) = state.metrics.last() {
             ctx.log(&format!(
                 "{} rounds; last: clients {:?}, mean Stage-1 loss {}",
@@ -159,6 +165,33 @@ impl StageKind for FedP2eftKind {
         }
         Ok(())
     }
+}
+
+/// Per round the clients' means of the PSG client's diagnostics (`stages::fl::psg_client`):
+/// the PSG's λ₀ and the Stage-1 λ learned from it, and the regression's per-element L1 before
+/// and after its steps.
+fn diagnostics_csv(metrics: &[RoundMetrics]) -> String {
+    let keys: Vec<&String> = metrics
+        .first()
+        .map(|m| m.extra.keys().collect())
+        .unwrap_or_default();
+    let mut s = String::from("round");
+    for k in &keys {
+        s.push(',');
+        s.push_str(k);
+    }
+    s.push('\n');
+    for m in metrics {
+        s.push_str(&m.round.to_string());
+        for k in &keys {
+            s.push_str(&format!(
+                ",{}",
+                m.extra.get(*k).copied().unwrap_or(f64::NAN)
+            ));
+        }
+        s.push('\n');
+    }
+    s
 }
 
 fn write_weights(w: &Weights, path: &Path) -> Result<(), StageError> {

@@ -74,6 +74,20 @@ pub fn train_local(
     lr: f64,
     seed: u64,
 ) -> Result<(f32, usize), String> {
+    train_local_losses(net, batch, store, examples, cfg, lr, seed)
+        .map(|(losses, n)| (super::mean_loss(&losses), n))
+}
+
+/// [`train_local`], returning every optimiser step's loss.
+pub fn train_local_losses(
+    net: &Net,
+    batch: Batcher<'_>,
+    store: &ParamStore,
+    examples: &[Example],
+    cfg: &LocalSgdConfig,
+    lr: f64,
+    seed: u64,
+) -> Result<(Vec<f32>, usize), String> {
     let mut opt = Adam::new(
         AdamConfig::adamw(),
         vec![ParamGroup {
@@ -103,6 +117,6 @@ pub fn train_local(
         max_steps: cfg.max_steps,
         ..Fit::plain(batch, cfg.epochs, cfg.batch_size)
     };
-    let loss = super::fit(net, examples, &mut opt, &fit, seed, |_, _| Ok(()))?;
-    Ok((loss, examples.len()))
+    let losses = super::fit_losses(net, examples, &mut opt, &fit, seed, |_, _| Ok(()))?;
+    Ok((losses, examples.len()))
 }

@@ -14,8 +14,8 @@ mod carry;
 pub mod local;
 pub mod step;
 
-pub use local::{train_local, LocalSgdConfig, RoundLr};
 pub use carry::GradCarry;
+pub use local::{train_local, train_local_losses, LocalSgdConfig, RoundLr};
 pub use step::{train_step, Clip, Regulariser, StepStats, TrainError};
 
 /// `max_grad_norm` of every fine-tune the reference runs through the HF `Trainer` (its default;
@@ -86,8 +86,26 @@ pub fn fit(
     opt: &mut Adam,
     cfg: &Fit<'_>,
     seed: u64,
-    mut after_step: impl FnMut(usize, &GradStore) -> Result<(), String>,
+    after_step: impl FnMut(usize, &GradStore) -> Result<(), String>,
 ) -> Result<f32, String> {
+    fit_losses(net, examples, opt, cfg, seed, after_step).map(|l| mean_loss(&l))
+}
+
+/// The mean of per-step losses (f64 sum), as every training loop reports it.
+pub fn mean_loss(losses: &[f32]) -> f32 {
+    let total: f64 = losses.iter().map(|&l| f64::from(l)).sum();
+    (total / losses.len().max(1) as f64) as f32
+}
+
+/// [`fit`], returning the total loss of every optimiser step (a learning curve).
+pub fn fit_losses(
+    net: &Net,
+    examples: &[Example],
+    opt: &mut Adam,
+    cfg: &Fit<'_>,
+    seed: u64,
+    mut after_step: impl FnMut(usize, &GradStore) -> Result<(), String>,
+) -> Result<Vec<f32>, String> {
     if examples.is_empty() {
         return Err("no training examples".into());
     }
@@ -98,7 +116,7 @@ pub fn fit(
     let all_vars: Vec<Var> = opt.vars().into_iter().cloned().collect();
     let all_refs: Vec<&Var> = all_vars.iter().collect();
     let mut carry = (!cfg.carry.is_empty()).then(|| GradCarry::new(cfg.carry.to_vec()));
-    let mut total = 0f64;
+    let mut losses = Vec::with_capacity(target);
     let mut steps = 0usize;
     let mut epoch = 0u64;
     while steps < target {
@@ -138,11 +156,11 @@ pub fn fit(
                 carry.as_mut(),
             )
             .map_err(|e| format!("step {steps}: {e}"))?;
-            total += f64::from(stats.loss);
+            losses.push(stats.loss);
             steps += 1;
             after_step(steps, &grads).map_err(|e| format!("step {steps}: {e}"))?;
         }
         epoch += 1;
     }
-    Ok((total / steps.max(1) as f64) as f32)
+    Ok(losses)
 }

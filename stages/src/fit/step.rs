@@ -4,7 +4,6 @@
 //! → backward → gradients summed over the group → clipping over a chosen subset → optimiser step.
 //! Works for both tasks through [`crate::task::Net`].
 
-
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 

@@ -56,6 +56,9 @@ pub struct ClientUpdate {
     pub mean_loss: f32,
     /// State that stays on the client (DEPT embeddings, FedDPA local adapters), if any.
     pub persistent: Option<Weights>,
+    /// Named diagnostics of the client's round (averaged over the round's clients into
+    /// [`RoundMetrics::extra`]), e.g. the PSG's regression losses.
+    pub extra: BTreeMap<String, f64>,
 }
 
 /// Where the engine's calls to a client come from.
@@ -104,6 +107,9 @@ pub struct RoundMetrics {
     pub clients: Vec<u32>,
     pub wall_s: f64,
     pub eval: Option<f64>,
+    /// Unweighted means over the round's clients of their [`ClientUpdate::extra`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
 }
 
 /// Everything needed to continue a run: checkpoint this after each round.
@@ -256,6 +262,7 @@ where
         );
         let mut agg = FedAvg::new(round);
         let mut losses = Vec::with_capacity(sampled.len());
+        let mut extra: BTreeMap<String, f64> = BTreeMap::new();
         let mut new_persistent = Vec::new();
         for &client in &sampled {
             let update = trainer
@@ -280,6 +287,9 @@ where
             }
             agg.add(client, &update.weights, update.n_examples)?;
             losses.push(update.mean_loss);
+            for (k, v) in &update.extra {
+                *extra.entry(k.clone()).or_default() += v / sampled.len() as f64;
+            }
             if let Some(p) = update.persistent {
                 new_persistent.push((client, p));
             }
@@ -301,6 +311,7 @@ where
             clients: sampled,
             wall_s: start.elapsed().as_secs_f64(),
             eval,
+            extra,
         });
         after_round(&state).map_err(|message| EngineError::Callback { round, message })?;
     }
@@ -344,6 +355,7 @@ mod tests {
                     n_examples: 1,
                     mean_loss: f32::NAN,
                     persistent: None,
+                    extra: BTreeMap::new(),
                 });
             }
             let mut weights = Weights::new();
@@ -362,6 +374,7 @@ mod tests {
                 n_examples: u64::from(ctx.client) + 1,
                 mean_loss: ctx.client as f32,
                 persistent: Some([("count".to_string(), count)].into()),
+                extra: BTreeMap::new(),
             })
         }
     }
@@ -440,6 +453,7 @@ mod tests {
             clients: vec![1],
             wall_s: 0.0,
             eval: Some(v),
+            extra: BTreeMap::new(),
         });
         let back = EngineState::from_bytes(&s.to_bytes().unwrap(), &Device::Cpu).unwrap();
         assert_eq!(back.metrics[0].eval.map(f64::to_bits), Some(v.to_bits()));

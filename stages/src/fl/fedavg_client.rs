@@ -145,6 +145,7 @@ impl LocalTrainer for FedAvgClient<'_> {
             n_examples: used as u64,
             mean_loss,
             persistent,
+            extra: Default::default(),
         })
     }
 }

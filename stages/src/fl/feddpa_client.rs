@@ -179,6 +179,7 @@ impl LocalTrainer for FedDpaClient<'_> {
             n_examples: examples.len() as u64,
             mean_loss: (global_loss + local_loss) / 2.0,
             persistent: Some(persistent),
+            extra: Default::default(),
         })
     }
 }

@@ -41,6 +41,7 @@ pub fn store_update(
         n_examples: n_examples as u64,
         mean_loss,
         persistent: None,
+        extra: Default::default(),
     })
 }
 

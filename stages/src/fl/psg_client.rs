@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 #[cfg(test)]
 use super::engine::Weights;
@@ -90,7 +90,7 @@ impl LocalTrainer for PsgClient<'_> {
             &model,
             &train,
             &self.run.stage1,
-            &LambdaInit::Flat(lambda0),
+            &LambdaInit::Flat(lambda0.clone()),
             self.run.init_seed,
             ctx.seed,
         )
@@ -98,7 +98,7 @@ impl LocalTrainer for PsgClient<'_> {
         let flat = s1.flat();
         let n = flat.len();
         let target = Tensor::from_vec(flat, n, &self.device).map_err(|e| e.to_string())?;
-        regress(
+        let losses = regress(
             &store,
             &self.run.psg,
             &feats,
@@ -107,7 +107,29 @@ impl LocalTrainer for PsgClient<'_> {
             self.run.regression_lr,
         )
         .map_err(|e| format!("PSG regression: {e}"))?;
-        store_update(&store, train.len(), s1.mean_loss)
+        let mut update = store_update(&store, train.len(), s1.mean_loss)?;
+        // How far the PSG's λ₀ is from the λ Stage 1 learned from it (mean |Δ| per element),
+        // before and after this round's regression, and the scale of both.
+        let per = |l: f32| f64::from(l) / n as f64;
+        let mean = |t: &Tensor| -> Result<f64, String> {
+            t.mean_all()
+                .and_then(|m| m.to_dtype(DType::F64)?.to_scalar::<f64>())
+                .map_err(|e| e.to_string())
+        };
+        let psg_mean = mean(&lambda0)?;
+        let target_mean = mean(&target)?;
+        let first = losses.first().copied().map(per).unwrap_or(f64::NAN);
+        let last = losses.last().copied().map(per).unwrap_or(f64::NAN);
+        update.extra = [
+            ("psg_lambda_mean", psg_mean),
+            ("stage1_lambda_mean", target_mean),
+            ("regression_l1_first", first),
+            ("regression_l1_last", last),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ok(update)
     }
 }
 

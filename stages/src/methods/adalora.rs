@@ -7,9 +7,9 @@ use candle_core::DType;
 use datasets::Example;
 
 use super::{all_linear, frozen_store, step};
-use super::{evaluate, FineTune, Personalized, Result};
+use super::{evaluate, update_norms, FineTune, Personalized, Result};
 use crate::fit::Regulariser;
-use crate::fit::{fit, total_steps, Fit};
+use crate::fit::{fit_losses, mean_loss, total_steps, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::peft::adalora::{add_adalora, AdaLoraConfig, RankAllocator};
 use crate::peft::lora::merge_into_store;
@@ -48,6 +48,7 @@ pub fn personalize_adalora_traced(
     let cfg = AdaLoraConfig::for_budget(run.budget, steps);
     let modules = all_linear(&model);
     let mut store = frozen_store(&model)?;
+    let base = store.clone();
     add_adalora(&mut store, &modules, cfg.init_r, run.init_seed, DType::F32)
         .map_err(|e| s(e.to_string()))?;
     let mut allocator = RankAllocator::new(cfg, &store, &modules).map_err(|e| s(e.to_string()))?;
@@ -74,7 +75,7 @@ pub fn personalize_adalora_traced(
         ..plain
     };
     let mut budgets = Vec::new();
-    let loss = fit(&net, train, &mut opt, &fit_cfg, run.seed, |step, grads| {
+    let losses = fit_losses(&net, train, &mut opt, &fit_cfg, run.seed, |step, grads| {
         // HF's AdaLoRA callback runs in `on_optimizer_step`, before `global_step += 1`
         // (transformers 4.44.2 `trainer.py` 2341–2352): PEFT sees steps 0, 1, …, T − 1.
         let budget = allocator
@@ -109,11 +110,14 @@ pub fn personalize_adalora_traced(
         .collect();
     merge_into_store(&mut store, &modules, &spec).map_err(|e| s(e.to_string()))?;
     let predictions = evaluate(&model, &store, test, run.batch_size)?;
+    let update_norms = update_norms(&base, &store, &modules)?;
     Ok((
         Personalized {
             predictions,
             ranks,
-            mean_train_loss: loss,
+            mean_train_loss: mean_loss(&losses),
+            step_losses: losses,
+            update_norms,
         },
         budgets,
     ))

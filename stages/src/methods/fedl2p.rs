@@ -8,9 +8,9 @@ use candle_core::{DType, Var};
 use datasets::Example;
 
 use super::{all_linear, frozen_store, meta_features, step};
-use super::{evaluate, Personalized, Result};
+use super::{evaluate, update_norms, Personalized, Result};
 use crate::fedl2p::lr_net::{LrNet, LrNetConfig};
-use crate::fit::{fit, Fit};
+use crate::fit::{fit_losses, mean_loss, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
 use crate::peft::lora::{add_lora, merge_into_store};
@@ -139,7 +139,7 @@ pub fn personalize_fedl2p(
         accumulate: run.accumulate,
         ..Fit::plain(&batch, run.epochs, run.batch_size)
     };
-    let loss = fit(
+    let losses = fit_losses(
         &net,
         &train,
         &mut opt,
@@ -167,11 +167,14 @@ pub fn personalize_fedl2p(
         .map(|m| (m.name.clone(), run.budget))
         .collect();
     let predictions = evaluate(&model, &ad.store, test, run.batch_size)?;
+    let update_norms = update_norms(model.store(), &ad.store, &ad.modules)?;
     Ok((
         Personalized {
             predictions,
             ranks,
-            mean_train_loss: loss,
+            mean_train_loss: mean_loss(&losses),
+            step_losses: losses,
+            update_norms,
         },
         rates,
     ))

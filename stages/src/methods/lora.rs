@@ -4,8 +4,8 @@
 use candle_core::DType;
 use datasets::Example;
 
-use super::{evaluate, step, FineTune, Personalized, Result};
-use crate::fit::{train_local, LocalSgdConfig};
+use super::{evaluate, step, update_norms, FineTune, Personalized, Result};
+use crate::fit::{mean_loss, train_local_losses, LocalSgdConfig};
 use crate::peft::lora::{add_lora, merge_into_store};
 use crate::peft::{AdapterKind, AdapterSpec};
 use crate::rng::derive_seed;
@@ -28,6 +28,7 @@ pub fn personalize_lora(
     store
         .set_trainable(|_| false)
         .map_err(|e| s(e.to_string()))?;
+    let base = store.clone();
     add_lora(store, &modules, |_| run.budget, run.init_seed, DType::F32)
         .map_err(|e| s(e.to_string()))?;
     let spec = AdapterSpec {
@@ -43,7 +44,7 @@ pub fn personalize_lora(
     };
     let train = model.trainable(train).map_err(step("train"))?;
     let batch = |ex: &[Example], idx: &[usize]| model.batch(ex, idx);
-    let (loss, _) = train_local(
+    let (losses, _) = train_local_losses(
         &net,
         &batch,
         model.store(),
@@ -56,10 +57,13 @@ pub fn personalize_lora(
     drop(net);
     merge_into_store(model.store_mut(), &modules, &spec).map_err(|e| s(e.to_string()))?;
     let predictions = evaluate(&model, model.store(), test, run.batch_size)?;
+    let update_norms = update_norms(&base, model.store(), &modules)?;
     Ok(Personalized {
         predictions,
         ranks: modules.into_iter().map(|m| (m.name, run.budget)).collect(),
-        mean_train_loss: loss,
+        mean_train_loss: mean_loss(&losses),
+        step_losses: losses,
+        update_norms,
     })
 }
 

@@ -56,12 +56,46 @@ pub struct Personalized {
     /// (module, rank) for every adapted linear.
     pub ranks: Vec<(String, usize)>,
     pub mean_train_loss: f32,
+    /// Total loss of every optimiser step (the client's learning curve).
+    pub step_losses: Vec<f32>,
+    /// (module, ‖ΔW‖_F) for every adapted linear: the size of the merged update.
+    pub update_norms: Vec<(String, f32)>,
 }
 
 impl Personalized {
     pub fn correct(&self) -> u64 {
         self.predictions.correct()
     }
+}
+
+/// ‖W_after − W_before‖_F of every module's weight: how far a fine-tune moved the base once
+/// its adapter is merged.
+pub fn update_norms(
+    before: &ParamStore,
+    after: &ParamStore,
+    modules: &[LinearShape],
+) -> Result<Vec<(String, f32)>> {
+    let s = step("update norms");
+    modules
+        .iter()
+        .map(|m| {
+            let name = format!("{}.weight", m.name);
+            let (a, b) = (
+                after.get(&name).map_err(|e| s(e.to_string()))?,
+                before.get(&name).map_err(|e| s(e.to_string()))?,
+            );
+            let f32 = candle_core::DType::F32;
+            let norm = (|| {
+                (a.to_dtype(f32)? - b.to_dtype(f32)?)?
+                    .sqr()?
+                    .sum_all()?
+                    .sqrt()
+            })()
+            .and_then(|n| n.to_scalar::<f32>())
+            .map_err(|e| s(e.to_string()))?;
+            Ok((m.name.clone(), norm))
+        })
+        .collect()
 }
 
 /// Settings of a plain adapter fine-tune on one client (LoRA, AdaLoRA; PAPER_NOTES §4, §6:

@@ -7,8 +7,8 @@ use candle_core::{DType, Tensor};
 use datasets::Example;
 
 use super::{all_linear, frozen_store, step};
-use super::{evaluate, Personalized, Result};
-use crate::fit::{fit, Fit};
+use super::{evaluate, update_norms, Personalized, Result};
+use crate::fit::{fit_losses, mean_loss, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
 use crate::peft::bayestune::{
@@ -94,13 +94,14 @@ pub fn select(model: &TaskModel, lambdas: &[Vec<f32>], run: &RankedRun) -> Resul
     })
 }
 
-/// Step 4 of §4: fine-tunes the selection's A and B (λ stays frozen); returns the mean loss.
+/// Step 4 of §4: fine-tunes the selection's A and B (λ stays frozen); returns every step's
+/// loss.
 pub fn fine_tune(
     model: &TaskModel,
     sel: &Selection,
     train: &[Example],
     run: &RankedRun,
-) -> Result<f32> {
+) -> Result<Vec<f32>> {
     let ft = step("fine-tune");
     let net = model.net(&sel.store, &run.bayestune.spec()).map_err(&ft)?;
     let mut opt = Adam::new(
@@ -118,7 +119,7 @@ pub fn fine_tune(
         accumulate: run.accumulate,
         ..Fit::plain(&batch, run.epochs, run.batch_size)
     };
-    fit(&net, &train, &mut opt, &cfg, run.seed, |_, _| Ok(())).map_err(ft)
+    fit_losses(&net, &train, &mut opt, &cfg, run.seed, |_, _| Ok(())).map_err(ft)
 }
 
 /// Selects, fine-tunes, merges and evaluates on `test`.
@@ -130,7 +131,7 @@ pub fn personalize_ranked(
     run: &RankedRun,
 ) -> Result<Personalized> {
     let mut sel = select(&model, lambdas, run)?;
-    let loss = fine_tune(&model, &sel, train, run)?;
+    let losses = fine_tune(&model, &sel, train, run)?;
     merge_into_store(&mut sel.store, &sel.modules, &run.bayestune.spec())
         .map_err(|e| step("merge")(e.to_string()))?;
     let ranks = sel
@@ -140,10 +141,13 @@ pub fn personalize_ranked(
         .map(|(m, k)| (m.name.clone(), k.len()))
         .collect();
     let predictions = evaluate(&model, &sel.store, test, run.batch_size)?;
+    let update_norms = update_norms(model.store(), &sel.store, &sel.modules)?;
     Ok(Personalized {
         predictions,
         ranks,
-        mean_train_loss: loss,
+        mean_train_loss: mean_loss(&losses),
+        step_losses: losses,
+        update_norms,
     })
 }
 

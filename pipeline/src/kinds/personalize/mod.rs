@@ -90,7 +90,8 @@ impl StageKind for PersonalizeKind {
     fn version(&self) -> u32 {
         // 5: the A each method's federated/Stage-1 stage used (recorded in `run.json`), the
         // reference's fixed Trainer seed, clipping at 1.0, AdaLoRA's 0-based steps.
-        5
+        // 6: curve.csv (loss per step) and updates.csv (‖ΔW‖ per module).
+        6
     }
     fn describe(&self) -> &'static str {
         "personalize a base model on one client (lora, adalora, bayestune_lora, fedl2p, fedp2eft) and score its test split"

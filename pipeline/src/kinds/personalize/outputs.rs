@@ -14,7 +14,8 @@ use super::err;
 use crate::engine::context::StageContext;
 use crate::engine::registry::StageError;
 use crate::kinds::artifacts::{
-    GENERATIONS_FILE, LAMBDAS_FILE, PREDICTIONS_FILE, RANKS_FILE, RESULT_FILE, RUN_FILE,
+    CURVE_FILE, GENERATIONS_FILE, LAMBDAS_FILE, PREDICTIONS_FILE, RANKS_FILE, RESULT_FILE,
+    RUN_FILE, UPDATES_FILE,
 };
 
 /// Writes every output of the run `key` on the client whose language is `lang`.
@@ -37,6 +38,16 @@ pub(super) fn write(
         .expect("string write");
     }
     std::fs::write(dir.join(RANKS_FILE), ranks)?;
+    let mut curve = String::from("step,loss\n");
+    for (i, l) in out.step_losses.iter().enumerate() {
+        writeln!(curve, "{},{l}", i + 1).expect("string write");
+    }
+    std::fs::write(dir.join(CURVE_FILE), curve)?;
+    let mut updates = String::from("module,update_norm\n");
+    for (m, n) in &out.update_norms {
+        writeln!(updates, "{m},{n}").expect("string write");
+    }
+    std::fs::write(dir.join(UPDATES_FILE), updates)?;
     match &out.predictions {
         Outputs::Labels(labels) => {
             let mut preds = String::from("index,label,predicted\n");
