@@ -110,6 +110,11 @@ struct FedAvgParams {
     /// Federate a LoRA instead of every weight (generation default: the paper's LoRA).
     #[serde(default)]
     lora: Option<LoraParams>,
+    /// Parameters kept at their pretrained values (names containing any of these), e.g.
+    /// `[word_embeddings]`: a compute saving for large vocabularies, not the paper's setting
+    /// (full fine-tuning); frozen weights are neither trained nor averaged.
+    #[serde(default)]
+    frozen: Vec<String>,
     #[serde(default = "default_prompt")]
     prompt: PromptTemplate,
     #[serde(flatten)]
@@ -486,8 +491,23 @@ fn prepare(
     let kind = pool.task().kind;
     let setup = p.task.setup(pool, p.prompt);
     let head_seed = ctx.shared_seed(&["classifier".into()]);
-    let model = build_task_model(&p.model, &setup, head_seed, || train_texts(pool), &device)
+    let mut model = build_task_model(&p.model, &setup, head_seed, || train_texts(pool), &device)
         .map_err(err)?;
+    if let Some(f) = p
+        .frozen
+        .iter()
+        .find(|f| !model.store().names().any(|n| n.contains(f.as_str())))
+    {
+        return Err(StageError::msg(format!(
+            "`frozen`: no parameter of the model has `{f}` in its name"
+        )));
+    }
+    if !p.frozen.is_empty() {
+        model
+            .store_mut()
+            .set_trainable(|n| !p.frozen.iter().any(|f| n.contains(f.as_str())))
+            .map_err(err)?;
+    }
     if kind == TaskKind::Generation && p.eval_every.is_some() {
         return Err(StageError::msg(
             "`eval_every` measures accuracy: only for classification datasets",

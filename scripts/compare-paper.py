@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Compares an exported MasakhaNEWS run with the paper's Tables 1-2 and summarises the run's
+diagnostics, as Markdown on stdout (the body of results/examples/masakhanews-e5/RESULTS.md).
+
+    scripts/compare-paper.py EXPORT_DIR PAPER_CSV WORKDIR
+
+EXPORT_DIR: `pipeline export MANIFEST --csv EXPORT_DIR`; PAPER_CSV: the paper's per-language
+accuracies (results/examples/masakhanews-e5/paper_tables_1_2.csv); WORKDIR: the run's workdir,
+whose store holds the per-instance diagnostics (psg diagnostics.csv; personalize lambdas.csv,
+ranks.csv, updates.csv, curve.csv). Standard library only.
+"""
+import csv
+import json
+import os
+import statistics as st
+import sys
+from collections import defaultdict
+
+LABEL = {"lora": "LoRA", "adalora": "AdaLoRA", "bayestune_lora": "BayesTune-LoRA",
+         "fedl2p": "FedL2P", "fedp2eft": "FedP2EFT"}
+METHODS = list(LABEL)
+BUDGETS = [2, 4, 8, 16]
+POOLS = ["seen", "unseen"]
+TIE = 0.005  # the report's two-decimal tie tolerance
+
+
+def read_ours(export):
+    """(pool, budget, method, language) -> (mean, sd, wins-row) from the report tables."""
+    out, wins = {}, {}
+    for pool in POOLS:
+        path = next((os.path.join(export, f) for f in os.listdir(export)
+                     if f.startswith("report__") and f"_{pool}_" in f and f.endswith(".csv")), None)
+        if path is None:
+            continue
+        for r in csv.DictReader(open(path)):
+            key = (pool, int(r["budget"]), r["method"], r["language"])
+            out[key] = (float(r["mean"]), float(r["sd"]) if r["sd"] else None)
+            wins[(pool, int(r["budget"]), r["method"])] = int(r["wins"])
+    return out, wins
+
+
+def read_paper(path):
+    inv = {v: k for k, v in LABEL.items()}
+    out = {}
+    for r in csv.DictReader(open(path)):
+        out[(r["pool"], int(r["budget"]), inv[r["method"]], r["language"])] = float(r["mean"])
+    return out
+
+
+def languages(table, pool):
+    return sorted({k[3] for k in table if k[0] == pool})
+
+
+def beats(table, pool, b, a, lang):
+    """Whether method `a` is strictly better than `b` (beyond the tie tolerance)."""
+    x, y = table.get((pool, b, a, lang)), table.get((pool, b, "lora", lang))
+    if x is None or y is None:
+        return None
+    x = x[0] if isinstance(x, tuple) else x
+    y = y[0] if isinstance(y, tuple) else y
+    return x - y > TIE
+
+
+def headline(ours, paper):
+    lines = ["## FedP2EFT vs LoRA, per budget", "",
+             "Languages (of those the run has) where FedP2EFT's mean accuracy is above LoRA's "
+             f"(ties within {TIE} points count for neither), and the mean over languages of "
+             "FedP2EFT − LoRA:", "",
+             "| pool | budget | ours: FedP2EFT > LoRA | paper | ours: mean Δ (points) | paper: mean Δ |",
+             "|---|---|---|---|---|---|"]
+    for pool in POOLS:
+        langs = languages(ours, pool)
+        for b in BUDGETS:
+            w = [beats(ours, pool, b, "fedp2eft", l) for l in langs]
+            pw = [beats(paper, pool, b, "fedp2eft", l) for l in languages(paper, pool)]
+            d = [ours[(pool, b, "fedp2eft", l)][0] - ours[(pool, b, "lora", l)][0]
+                 for l in langs if (pool, b, "fedp2eft", l) in ours and (pool, b, "lora", l) in ours]
+            pd = [paper[(pool, b, "fedp2eft", l)] - paper[(pool, b, "lora", l)]
+                  for l in languages(paper, pool)]
+            lines.append(f"| {pool} | {b} | {sum(1 for x in w if x)}/{len(langs)} | "
+                         f"{sum(1 for x in pw if x)}/16 | {st.mean(d):+.2f} | {st.mean(pd):+.2f} |"
+                         if d else f"| {pool} | {b} | – | – | – | – |")
+    return lines
+
+
+def baselines(ours, paper):
+    lines = ["", "## AdaLoRA and BayesTune-LoRA against LoRA", "",
+             "Languages where the method is at or below LoRA (paper: AdaLoRA and BayesTune-LoRA "
+             "stay at or below LoRA), and the mean Δ to LoRA:", "",
+             "| pool | budget | AdaLoRA ≤ LoRA | Δ | paper | BayesTune-LoRA ≤ LoRA | Δ | paper |",
+             "|---|---|---|---|---|---|---|---|"]
+    for pool in POOLS:
+        langs = languages(ours, pool)
+        for b in BUDGETS:
+            cells = []
+            for m in ["adalora", "bayestune_lora"]:
+                le = [beats(ours, pool, b, m, l) is False for l in langs]
+                d = [ours[(pool, b, m, l)][0] - ours[(pool, b, "lora", l)][0] for l in langs
+                     if (pool, b, m, l) in ours]
+                ple = [beats(paper, pool, b, m, l) is False for l in languages(paper, pool)]
+                cells += [f"{sum(le)}/{len(langs)}", f"{st.mean(d):+.2f}" if d else "–",
+                          f"{sum(ple)}/16"]
+            lines.append(f"| {pool} | {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def wins_table(wins, paper):
+    lines = ["", "## Wins (best mean accuracy per language; ties credit every tied method)", "",
+             "| pool | budget | " + " | ".join(LABEL[m] for m in METHODS) + " |",
+             "|---|---|" + "---|" * len(METHODS)]
+    for pool in POOLS:
+        for b in BUDGETS:
+            ours = [str(wins.get((pool, b, m), "–")) for m in METHODS]
+            langs = languages(paper, pool)
+            pw = []
+            for m in METHODS:
+                n = 0
+                for l in langs:
+                    best = max(paper[(pool, b, x, l)] for x in METHODS)
+                    n += paper[(pool, b, m, l)] >= best - TIE
+                pw.append(str(n))
+            lines.append(f"| {pool} | {b} | " + " | ".join(f"{o} ({p})" for o, p in zip(ours, pw))
+                         + " |")
+    lines += ["", "Cells: ours (paper, ties counted for every tied method as our report does)."]
+    return lines
+
+
+def deltas(ours, paper):
+    lines = ["", "## Per-language FedP2EFT − LoRA (points): ours / paper", ""]
+    for pool in POOLS:
+        langs = languages(ours, pool)
+        lines += [f"### {pool}", "", "| budget | " + " | ".join(langs) + " |",
+                  "|---|" + "---|" * len(langs)]
+        for b in BUDGETS:
+            cells = []
+            for l in langs:
+                o = ours.get((pool, b, "fedp2eft", l)), ours.get((pool, b, "lora", l))
+                p = paper.get((pool, b, "fedp2eft", l)), paper.get((pool, b, "lora", l))
+                oc = f"{o[0][0] - o[1][0]:+.1f}" if None not in o else "–"
+                pc = f"{p[0] - p[1]:+.1f}" if None not in p else "–"
+                cells.append(f"{oc} / {pc}")
+            lines.append(f"| {b} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def store_instances(workdir):
+    store = os.path.join(workdir, "store")
+    for key in sorted(os.listdir(store)):
+        try:
+            meta = json.load(open(os.path.join(store, key, "meta.json")))
+        except (OSError, ValueError):
+            continue
+        yield meta, os.path.join(store, key, "out")
+
+
+def module_kind(name):
+    for k in ["query", "key", "value", "attention.output", "intermediate", "output.dense",
+              "pooler", "classifier"]:
+        if k in name:
+            return k
+    return name
+
+
+def diagnostics(workdir):
+    psg, lam, upd, curve, ranks, wall = [], defaultdict(list), defaultdict(list), \
+        defaultdict(list), defaultdict(lambda: defaultdict(list)), defaultdict(list)
+    for meta, out in store_instances(workdir):
+        kind, p = meta.get("kind"), meta.get("params", {})
+        if meta.get("wall_seconds") is not None:
+            wall[kind].append(meta["wall_seconds"])
+        if kind == "psg/fedp2eft" and os.path.exists(os.path.join(out, "diagnostics.csv")):
+            psg.append((meta.get("seed"), list(csv.DictReader(open(os.path.join(out, "diagnostics.csv"))))))
+        if kind != "personalize":
+            continue
+        m, b = p.get("method"), p.get("budget")
+        f = os.path.join(out, "lambdas.csv")
+        if m == "fedp2eft" and b == 2 and os.path.exists(f):
+            for r in csv.DictReader(open(f)):
+                lam["all"].append(float(r["lambda"]))
+        f = os.path.join(out, "updates.csv")
+        if os.path.exists(f):
+            upd[(m, b)].append(st.mean(float(r["update_norm"]) for r in csv.DictReader(open(f))))
+        f = os.path.join(out, "curve.csv")
+        if os.path.exists(f):
+            rows = [float(r["loss"]) for r in csv.DictReader(open(f))]
+            if rows:
+                curve[m].append((rows[0], rows[-1]))
+        f = os.path.join(out, "ranks.csv")
+        if m in ("fedp2eft", "bayestune_lora") and os.path.exists(f):
+            for r in csv.DictReader(open(f)):
+                ranks[(m, b)][module_kind(r["module"])].append(int(r["rank"]))
+    lines = ["## Diagnostics", ""]
+    for seed, rows in sorted(psg, key=lambda x: x[0] or 0):
+        lines += [f"PSG training (seed {seed}), clients' means per round: PSG λ₀, the Stage-1 λ "
+                  "learned from it, and the regression's per-element L1 before → after its steps:",
+                  "", "| round | PSG λ₀ | Stage-1 λ | L1 before | L1 after |", "|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['round']} | {float(r['psg_lambda_mean']):.4g} | "
+                         f"{float(r['stage1_lambda_mean']):.4g} | "
+                         f"{float(r['regression_l1_first']):.4g} | {float(r['regression_l1_last']):.4g} |")
+        lines.append("")
+    if lam["all"]:
+        v = lam["all"]
+        lines += [f"FedP2EFT's λ at personalization (budget 2, all clients and modules): "
+                  f"min {min(v):.3g}, median {st.median(v):.3g}, max {max(v):.3g}, "
+                  f"{sum(1 for x in v if x > 1e-3)}/{len(v)} above 1e-3.", ""]
+    if ranks:
+        kinds = sorted({k for d in ranks.values() for k in d})
+        lines += ["Mean kept rank per module type (FedP2EFT / BayesTune-LoRA):", "",
+                  "| method | budget | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+        for (m, b) in sorted(ranks):
+            lines.append(f"| {LABEL[m]} | {b} | " + " | ".join(
+                f"{st.mean(ranks[(m, b)][k]):.2f}" if ranks[(m, b)][k] else "–" for k in kinds) + " |")
+        lines.append("")
+    if upd:
+        lines += ["Size of the merged update, mean over modules and clients of ‖ΔW‖_F:", "",
+                  "| method | " + " | ".join(f"r_b {b}" for b in BUDGETS) + " |",
+                  "|---|" + "---|" * len(BUDGETS)]
+        for m in METHODS:
+            lines.append(f"| {LABEL[m]} | " + " | ".join(
+                f"{st.mean(upd[(m, b)]):.3g}" if upd[(m, b)] else "–" for b in BUDGETS) + " |")
+        lines.append("")
+    if curve:
+        lines += ["Learning curves: mean loss of the first and last optimiser step of the "
+                  "personalization fine-tune:", "", "| method | first step | last step | steps |",
+                  "|---|---|---|---|"]
+        for m in METHODS:
+            if curve[m]:
+                lines.append(f"| {LABEL[m]} | {st.mean(a for a, _ in curve[m]):.4g} | "
+                             f"{st.mean(b for _, b in curve[m]):.4g} | |")
+        lines.append("")
+    return lines
+
+
+def main():
+    export, paper_csv, workdir = sys.argv[1:4]
+    ours, wins = read_ours(export)
+    paper = read_paper(paper_csv)
+    out = headline(ours, paper) + baselines(ours, paper) + wins_table(wins, paper) + \
+        deltas(ours, paper) + diagnostics(workdir)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
