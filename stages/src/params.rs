@@ -186,6 +186,21 @@ impl ParamStore {
             .collect()
     }
 
+    /// Every floating-point parameter converted to `dtype`, trainable ones staying trainable
+    /// (integer tensors are left alone).
+    pub fn cast(&mut self, dtype: DType) -> Result<()> {
+        let names: Vec<String> = self.entries.keys().cloned().collect();
+        for name in names {
+            let p = &self.entries[&name];
+            let t = p.tensor();
+            if t.dtype().is_float() && t.dtype() != dtype {
+                let (t, trainable) = (t.to_dtype(dtype)?, p.is_trainable());
+                self.insert(&name, t, trainable)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Re-partitions frozen/trainable by a new predicate, keeping current values. Models built
     /// before this call keep the old tensors: rebuild them from the store afterwards.
     pub fn set_trainable(&mut self, trainable: impl Fn(&str) -> bool) -> Result<()> {

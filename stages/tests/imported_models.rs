@@ -326,6 +326,7 @@ fn smollm2_completion_only_batch_matches_trl_collator() {
         prompt: PromptTemplate::Alpaca,
         max_len: f.max_len,
         max_new_tokens: 8,
+        dtype: Default::default(),
     };
     let m = build_causal_lm(
         &ModelSource::Dir(dir),

@@ -64,6 +64,7 @@ fn model(fx: &Value) -> CausalLmModel {
         prompt: PromptTemplate::Alpaca,
         max_len: fx["max_len"].as_u64().unwrap() as usize,
         max_new_tokens: fx["max_new_tokens"].as_u64().unwrap() as usize,
+        dtype: Default::default(),
     };
     build_causal_lm(
         &ModelSource::Dir(dir()),

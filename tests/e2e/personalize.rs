@@ -145,3 +145,55 @@ fn a_method_is_keyed_only_on_the_upstream_stages_it_reads() {
         r.summary()
     );
 }
+
+/// `dtype: bf16` holds (and in base FL trains) the base model's weights in bf16, as the
+/// reference's `torch_dtype=bfloat16`; adapters stay f32. A different dtype is a different
+/// cache key and gives different results.
+#[test]
+fn bf16_base_models_train_and_personalize() {
+    let s = Sandbox::new();
+    let bf16 = manifest("lora")
+        .replace(
+            "      max_len: 32\n  pers:",
+            "      max_len: 32\n      dtype: bf16\n  pers:",
+        )
+        .replace(
+            "      batch_size: 8\n      max_len: 32\n  report:",
+            "      batch_size: 8\n      max_len: 32\n      dtype: bf16\n  report:",
+        );
+    assert_eq!(bf16.matches("dtype: bf16").count(), 2, "{bf16}");
+    s.write("m.yaml", &bf16);
+    s.run(&["run", "m.yaml", "-q"]).ok();
+    let store = s.path().join("wd/store");
+    let mut saw_base = false;
+    for e in std::fs::read_dir(&store).unwrap().flatten() {
+        let meta = std::fs::read_to_string(e.path().join("meta.json")).unwrap();
+        if meta.contains("\"kind\": \"base/fedavg\"") {
+            let w = stages::params::read_safetensors(
+                &e.path().join("out/model/model.safetensors"),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
+            let q = &w["bert.encoder.layer.0.attention.self.query.weight"];
+            assert_eq!(q.dtype(), candle_core::DType::BF16);
+            saw_base = true;
+        }
+    }
+    assert!(saw_base);
+    let f32_run = Sandbox::new();
+    f32_run.write("m.yaml", &manifest("lora"));
+    f32_run.run(&["run", "m.yaml", "-q"]).ok();
+    let (a, b) = (s.artifacts("wd"), f32_run.artifacts("wd"));
+    let results = |m: &std::collections::BTreeMap<String, Vec<u8>>| -> Vec<Vec<u8>> {
+        m.iter()
+            .filter(|(k, _)| k.ends_with("/result.csv"))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(results(&a).len(), 8);
+    assert_ne!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "dtype is in the keys"
+    );
+}

@@ -21,6 +21,7 @@ use stages::fl::fedl2p_client::{Fedl2pClient, Fedl2pRoundConfig, Fedl2pState};
 use stages::fl::{run_rounds, EngineConfig, EngineState, RoundMetrics};
 use stages::params::{write_safetensors, ParamStore};
 use stages::task::device_from_name;
+use stages::task::WeightDtype;
 use stages::Device;
 
 use super::client_base::{BaseArtifact, SeenPool};
@@ -119,6 +120,8 @@ struct Fedl2pParams {
     accumulate: Option<usize>,
     #[serde(default)]
     max_new_tokens: Option<usize>,
+    #[serde(default)]
+    dtype: Option<WeightDtype>,
 }
 
 impl Fedl2pParams {
@@ -169,6 +172,7 @@ impl Fedl2pParams {
             batch_size: self.batch_size,
             accumulate: self.accumulate,
             max_new_tokens: self.max_new_tokens,
+            dtype: self.dtype,
         }
     }
 

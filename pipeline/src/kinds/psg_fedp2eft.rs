@@ -108,6 +108,7 @@ impl StageKind for FedP2eftKind {
         let init_seed = ctx.shared_seed(&["bayestune_init".into()]);
         let mut run = PsgRun::paper(observed, modules, init_seed);
         run.stage1 = p.stage1.config(seen.kind);
+        run.lambda_dtype = p.stage1.task().dtype.unwrap_or_default();
         run.psg.r_max = p.stage1.r_max;
         run.regression_steps = p.regression_steps;
         run.regression_lr = p.regression_lr;

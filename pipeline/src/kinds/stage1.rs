@@ -8,6 +8,7 @@ use datasets::TaskKind;
 use serde::{Deserialize, Serialize};
 use stages::methods::stage1::Stage1Config;
 use stages::peft::bayestune::BayesTuneConfig;
+use stages::task::WeightDtype;
 
 use super::task::TaskOptions;
 use crate::engine::registry::{require_positive, ParamError, StageError};
@@ -28,6 +29,8 @@ pub struct Stage1Params {
     accumulate: Option<usize>,
     #[serde(default)]
     max_new_tokens: Option<usize>,
+    #[serde(default)]
+    dtype: Option<WeightDtype>,
     #[serde(default = "d_r_max")]
     pub r_max: usize,
     #[serde(default = "d_alpha")]
@@ -65,6 +68,7 @@ impl Stage1Params {
             batch_size: self.batch_size,
             accumulate: self.accumulate,
             max_new_tokens: self.max_new_tokens,
+            dtype: self.dtype,
         }
     }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use datasets::{PoolReader, TaskKind};
 use serde::{Deserialize, Serialize};
-use stages::task::{LmSettings, TaskSetup};
+use stages::task::{LmSettings, TaskSetup, WeightDtype};
 use stages::tokenize::PromptTemplate;
 
 use super::artifacts::TASK_FILE;
@@ -48,6 +48,8 @@ pub struct TaskOptions {
     pub batch_size: Option<usize>,
     pub accumulate: Option<usize>,
     pub max_new_tokens: Option<usize>,
+    /// Dtype of the base model's weights (`f32` default; the reference's `bf16`).
+    pub dtype: Option<WeightDtype>,
 }
 
 impl TaskOptions {
@@ -86,11 +88,13 @@ impl TaskOptions {
             TaskKind::Classification => TaskSetup::Classification {
                 labels: pool.labels().to_vec(),
                 max_len: self.max_len(kind),
+                dtype: self.dtype.unwrap_or_default(),
             },
             TaskKind::Generation => TaskSetup::Generation(LmSettings {
                 prompt,
                 max_len: self.max_len(kind),
                 max_new_tokens: self.max_new_tokens.unwrap_or(defaults(kind).max_new_tokens),
+                dtype: self.dtype.unwrap_or_default(),
             }),
         }
     }

@@ -15,7 +15,7 @@ use crate::methods::meta_features;
 use crate::methods::stage1::{train_stage1, LambdaInit, Stage1Config};
 use crate::params::ParamStore;
 use crate::psg::{regress, Psg, PsgConfig};
-use crate::task::TaskModel;
+use crate::task::{TaskModel, WeightDtype};
 
 /// Settings of a PSG round; [`PsgRun::paper`] is PAPER_NOTES §5.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,6 +27,8 @@ pub struct PsgRun {
     /// Seed of the adapters' initial A in Stage 1: the run seed, shared by every client and
     /// round as in the reference (which seeds before creating the adapters).
     pub init_seed: u64,
+    /// Precision of the PSG's λ output (the reference casts the PSG to the model's bf16).
+    pub lambda_dtype: WeightDtype,
 }
 
 impl PsgRun {
@@ -43,6 +45,7 @@ impl PsgRun {
             regression_steps: crate::psg::REGRESSION_STEPS,
             regression_lr: crate::psg::REGRESSION_LR,
             init_seed,
+            lambda_dtype: WeightDtype::F32,
         }
     }
 }
@@ -84,7 +87,7 @@ impl LocalTrainer for PsgClient<'_> {
         let psg = Psg::load(&store, &self.run.psg).map_err(|e| e.to_string())?;
         let lambda0 = psg
             .forward(&feats)
-            .and_then(|l| l.detach().flatten_all())
+            .and_then(|l| self.run.lambda_dtype.round(&l.detach().flatten_all()?))
             .map_err(|e| e.to_string())?;
         let s1 = train_stage1(
             &model,
@@ -140,6 +143,7 @@ pub fn psg_lambdas(
     cfg: &PsgConfig,
     model: &TaskModel,
     train: &[datasets::Example],
+    dtype: WeightDtype,
 ) -> Result<Vec<Vec<f32>>, String> {
     let feats = meta_features(model, train)
         .map_err(|e| e.to_string())?
@@ -148,7 +152,7 @@ pub fn psg_lambdas(
     let psg = Psg::load(psg_store, cfg).map_err(|e| e.to_string())?;
     let flat: Vec<f32> = psg
         .forward(&feats)
-        .and_then(|l| l.flatten_all()?.to_vec1::<f32>())
+        .and_then(|l| dtype.round(&l.flatten_all()?)?.to_vec1::<f32>())
         .map_err(|e| e.to_string())?;
     Ok(flat.chunks(cfg.r_max).map(<[f32]>::to_vec).collect())
 }
@@ -228,10 +232,30 @@ mod tests {
             |_| false,
         )
         .unwrap();
-        let l = psg_lambdas(&store, &run().psg, &tiny_model(), &examples(6, 0)).unwrap();
+        let l = psg_lambdas(
+            &store,
+            &run().psg,
+            &tiny_model(),
+            &examples(6, 0),
+            WeightDtype::F32,
+        )
+        .unwrap();
         assert_eq!(l.len(), 8);
         assert!(l
             .iter()
             .all(|v| v.len() == 4 && v.iter().all(|x| (1e-4..=1000.0).contains(x))));
+        // With a bf16 model the λ are bf16 values (the reference's PSG runs in bf16).
+        let b = psg_lambdas(
+            &store,
+            &run().psg,
+            &tiny_model(),
+            &examples(6, 0),
+            WeightDtype::Bf16,
+        )
+        .unwrap();
+        for (x, y) in l.iter().flatten().zip(b.iter().flatten()) {
+            assert_eq!(*y, half::bf16::from_f32(*y).to_f32(), "{y} is a bf16 value");
+            assert!((x - y).abs() <= x.abs() / 128.0, "{x} vs {y}");
+        }
     }
 }

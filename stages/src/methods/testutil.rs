@@ -75,6 +75,7 @@ pub fn setup(labels: &[String]) -> TaskSetup {
     TaskSetup::Classification {
         labels: labels.to_vec(),
         max_len: 16,
+        dtype: Default::default(),
     }
 }
 

@@ -14,7 +14,7 @@ use datasets::Example;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
-use super::source::ModelSource;
+use super::source::{ModelSource, WeightDtype};
 use crate::generate::{generate_greedy, GreedyConfig};
 use crate::model::hf_layout::{load_tensors, read_config, write_model_dir};
 use crate::model::llama::LlamaForCausalLM;
@@ -37,6 +37,9 @@ pub struct LmSettings {
     pub max_len: usize,
     /// Greedy generation stops after this many new tokens (or at a stop token).
     pub max_new_tokens: usize,
+    /// Dtype of the model's weights.
+    #[serde(default)]
+    pub dtype: WeightDtype,
 }
 
 /// A causal LM ready to train: config, every parameter trainable, the tokenizer (with a pad
@@ -413,6 +416,7 @@ pub(crate) mod tests {
             prompt: PromptTemplate::Alpaca,
             max_len: 128,
             max_new_tokens,
+            dtype: Default::default(),
         };
         build_causal_lm(
             &ModelSource::TinyLlama(size),

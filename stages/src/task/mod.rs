@@ -22,7 +22,7 @@ pub use classifier::{
     build_classifier, classifier_batch, save_classifier, ClassifierBatch, ClassifierModel,
 };
 pub use error::{ModelError, Result};
-pub use source::{device_from_name, ModelSource, TinyBert, TinyLlama};
+pub use source::{device_from_name, ModelSource, TinyBert, TinyLlama, WeightDtype};
 
 use crate::model::bert::{BertForSequenceClassification, BertInput};
 use crate::model::llama::{causal_lm_loss_sum, llama_linear_modules, LlamaForCausalLM};
@@ -255,7 +255,11 @@ impl TaskModel {
 /// (Fed-Aya).
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskSetup {
-    Classification { labels: Vec<String>, max_len: usize },
+    Classification {
+        labels: Vec<String>,
+        max_len: usize,
+        dtype: WeightDtype,
+    },
     Generation(LmSettings),
 }
 
@@ -282,15 +286,26 @@ pub fn build_task_model(
             )));
         }
     }
-    match setup {
-        TaskSetup::Classification { labels, max_len } => {
-            build_classifier(source, labels, *max_len, head_seed, train_texts, device)
-                .map(TaskModel::from)
-        }
-        TaskSetup::Generation(settings) => {
-            build_causal_lm(source, *settings, train_texts, device).map(TaskModel::from)
-        }
-    }
+    let (mut model, dtype) = match setup {
+        TaskSetup::Classification {
+            labels,
+            max_len,
+            dtype,
+        } => (
+            build_classifier(source, labels, *max_len, head_seed, train_texts, device)?.into(),
+            *dtype,
+        ),
+        TaskSetup::Generation(settings) => (
+            TaskModel::from(build_causal_lm(source, *settings, train_texts, device)?),
+            settings.dtype,
+        ),
+    };
+    // Built in f32 (a fresh head and pooler drawn as f32, as HF's init), then held in `dtype`.
+    model
+        .store_mut()
+        .cast(dtype.dtype())
+        .map_err(|e| ModelError::Invalid(e.to_string()))?;
+    Ok(model)
 }
 
 /// Writes either task's model into `dir` in HF layout (all or nothing).

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
@@ -68,5 +68,34 @@ pub fn device_from_name(name: &str) -> Result<Device> {
                 "unknown device {other:?} (cpu, cuda, cuda:N)"
             ))),
         },
+    }
+}
+
+/// The dtype a base model's weights are held (and, in base FL, trained) in: the reference loads
+/// every model with `torch_dtype=bfloat16`; f32 is the CPU default (bf16 is slower on most
+/// CPUs). Adapters, losses and the optimiser maths of adapters stay f32, as PEFT's autocast
+/// keeps LoRA weights in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl WeightDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            WeightDtype::F32 => DType::F32,
+            WeightDtype::Bf16 => DType::BF16,
+        }
+    }
+
+    /// `x` rounded to this dtype's precision (values stay f32): the reference's bf16 λ.
+    pub fn round(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            WeightDtype::F32 => Ok(x.clone()),
+            WeightDtype::Bf16 => x.to_dtype(DType::BF16)?.to_dtype(x.dtype()),
+        }
     }
 }

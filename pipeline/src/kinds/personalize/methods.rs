@@ -95,7 +95,8 @@ pub(super) fn run(
         Method::FedP2eft => {
             let up = upstream(ctx, "psg/fedp2eft", p.client)?;
             let (psg, cfg, meta) = read_psg(&up.dir, device)?;
-            let lambdas = psg_lambdas(&psg, &cfg, &model, train).map_err(StageError)?;
+            let dtype = p.task.dtype.unwrap_or_default();
+            let lambdas = psg_lambdas(&psg, &cfg, &model, train, dtype).map_err(StageError)?;
             if lambdas.len() != all_linear(&model).len() {
                 return Err(StageError::msg(format!(
                     "the PSG of {} gives λ for {} modules; this base model has {}",
