@@ -62,24 +62,10 @@ impl LocalSgdConfig {
 }
 
 /// Local training of `net` (built over `store`) on `examples` (tokenised by `batch`) with a
-/// fresh AdamW on the store's trainable parameters at `lr`; returns the mean loss over steps and
-/// the number of examples trained on. Shuffling and dropout draw from seeds derived from `seed`, so the same call is
-/// bit-reproducible.
+/// fresh AdamW on the store's trainable parameters at `lr`; returns every optimiser step's loss
+/// and the number of examples trained on. Shuffling and dropout draw from seeds derived from
+/// `seed`, so the same call is bit-reproducible.
 pub fn train_local(
-    net: &Net,
-    batch: Batcher<'_>,
-    store: &ParamStore,
-    examples: &[Example],
-    cfg: &LocalSgdConfig,
-    lr: f64,
-    seed: u64,
-) -> Result<(f32, usize), String> {
-    train_local_losses(net, batch, store, examples, cfg, lr, seed)
-        .map(|(losses, n)| (super::mean_loss(&losses), n))
-}
-
-/// [`train_local`], returning every optimiser step's loss.
-pub fn train_local_losses(
     net: &Net,
     batch: Batcher<'_>,
     store: &ParamStore,

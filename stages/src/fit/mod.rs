@@ -15,7 +15,7 @@ pub mod local;
 pub mod step;
 
 pub use carry::GradCarry;
-pub use local::{train_local, train_local_losses, LocalSgdConfig, RoundLr};
+pub use local::{train_local, LocalSgdConfig, RoundLr};
 pub use step::{train_step, Clip, Regulariser, StepStats, TrainError};
 
 /// `max_grad_norm` of every fine-tune the reference runs through the HF `Trainer` (its default;

@@ -12,7 +12,7 @@
 use datasets::Example;
 
 use super::engine::{ClientRound, ClientUpdate, LocalTrainer, Weights};
-use crate::fit::{train_local, LocalSgdConfig};
+use crate::fit::{mean_loss, train_local, LocalSgdConfig};
 use crate::params::ParamStore;
 use crate::task::{Net, TaskModel};
 
@@ -126,7 +126,7 @@ impl LocalTrainer for FedAvgClient<'_> {
         let examples = self.task.trainable(&examples)?;
         let task = &self.task;
         let batch = |ex: &[Example], idx: &[usize]| task.batch(ex, idx);
-        let (mean_loss, used) = train_local(
+        let (losses, used) = train_local(
             &self.net,
             &batch,
             self.task.store(),
@@ -143,7 +143,7 @@ impl LocalTrainer for FedAvgClient<'_> {
             weights: self.shared_weights()?,
             // FedAvg weight: the examples trained on (the round's subset with `max_steps`).
             n_examples: used as u64,
-            mean_loss,
+            mean_loss: mean_loss(&losses),
             persistent,
             extra: Default::default(),
         })
@@ -263,7 +263,7 @@ mod tests {
                 client_seed(5, round, 2),
             )
             .unwrap();
-            losses.push(l);
+            losses.push(mean_loss(&l));
         }
         let central: Weights = s
             .task

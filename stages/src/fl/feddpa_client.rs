@@ -9,7 +9,7 @@ use datasets::Example;
 
 use super::engine::{ClientRound, ClientUpdate, LocalTrainer, Weights};
 use super::fedavg_client::{assign, export, ShardLoader};
-use crate::fit::{train_local, LocalSgdConfig};
+use crate::fit::{mean_loss, train_local, LocalSgdConfig};
 use crate::model::bert::{BertConfig, BertForSequenceClassification};
 use crate::params::ParamStore;
 use crate::peft::lora::{add_lora, merge_into_store, TargetModules};
@@ -137,7 +137,7 @@ impl<'a> FedDpaClient<'a> {
             self.sgd.lr,
             seed,
         )
-        .map(|(loss, _)| loss)
+        .map(|(losses, _)| mean_loss(&losses))
     }
 }
 

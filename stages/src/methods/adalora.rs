@@ -9,7 +9,7 @@ use datasets::Example;
 use super::{all_linear, frozen_store, step};
 use super::{evaluate, update_norms, FineTune, Personalized, Result};
 use crate::fit::Regulariser;
-use crate::fit::{fit_losses, mean_loss, total_steps, Fit};
+use crate::fit::{fit_losses, total_steps, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::peft::adalora::{add_adalora, AdaLoraConfig, RankAllocator};
 use crate::peft::lora::merge_into_store;
@@ -112,13 +112,7 @@ pub fn personalize_adalora_traced(
     let predictions = evaluate(&model, &store, test, run.batch_size)?;
     let update_norms = update_norms(&base, &store, &modules)?;
     Ok((
-        Personalized {
-            predictions,
-            ranks,
-            mean_train_loss: mean_loss(&losses),
-            step_losses: losses,
-            update_norms,
-        },
+        Personalized::new(predictions, ranks, losses, update_norms),
         budgets,
     ))
 }

@@ -10,7 +10,7 @@ use datasets::Example;
 use super::{all_linear, frozen_store, meta_features, step};
 use super::{evaluate, update_norms, Personalized, Result};
 use crate::fedl2p::lr_net::{LrNet, LrNetConfig};
-use crate::fit::{fit_losses, mean_loss, Fit};
+use crate::fit::{fit_losses, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
 use crate::peft::lora::{add_lora, merge_into_store};
@@ -169,13 +169,7 @@ pub fn personalize_fedl2p(
     let predictions = evaluate(&model, &ad.store, test, run.batch_size)?;
     let update_norms = update_norms(model.store(), &ad.store, &ad.modules)?;
     Ok((
-        Personalized {
-            predictions,
-            ranks,
-            mean_train_loss: mean_loss(&losses),
-            step_losses: losses,
-            update_norms,
-        },
+        Personalized::new(predictions, ranks, losses, update_norms),
         rates,
     ))
 }

@@ -5,7 +5,7 @@ use candle_core::DType;
 use datasets::Example;
 
 use super::{evaluate, step, update_norms, FineTune, Personalized, Result};
-use crate::fit::{mean_loss, train_local_losses, LocalSgdConfig};
+use crate::fit::{train_local, LocalSgdConfig};
 use crate::peft::lora::{add_lora, merge_into_store};
 use crate::peft::{AdapterKind, AdapterSpec};
 use crate::rng::derive_seed;
@@ -44,7 +44,7 @@ pub fn personalize_lora(
     };
     let train = model.trainable(train).map_err(step("train"))?;
     let batch = |ex: &[Example], idx: &[usize]| model.batch(ex, idx);
-    let (losses, _) = train_local_losses(
+    let (losses, _) = train_local(
         &net,
         &batch,
         model.store(),
@@ -58,13 +58,12 @@ pub fn personalize_lora(
     merge_into_store(model.store_mut(), &modules, &spec).map_err(|e| s(e.to_string()))?;
     let predictions = evaluate(&model, model.store(), test, run.batch_size)?;
     let update_norms = update_norms(&base, model.store(), &modules)?;
-    Ok(Personalized {
+    Ok(Personalized::new(
         predictions,
-        ranks: modules.into_iter().map(|m| (m.name, run.budget)).collect(),
-        mean_train_loss: mean_loss(&losses),
-        step_losses: losses,
+        modules.into_iter().map(|m| (m.name, run.budget)).collect(),
+        losses,
         update_norms,
-    })
+    ))
 }
 
 #[cfg(test)]

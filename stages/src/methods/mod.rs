@@ -63,6 +63,22 @@ pub struct Personalized {
 }
 
 impl Personalized {
+    /// A run's outputs; the mean train loss is that of `step_losses`.
+    pub fn new(
+        predictions: Outputs,
+        ranks: Vec<(String, usize)>,
+        step_losses: Vec<f32>,
+        update_norms: Vec<(String, f32)>,
+    ) -> Self {
+        Self {
+            predictions,
+            ranks,
+            mean_train_loss: crate::fit::mean_loss(&step_losses),
+            step_losses,
+            update_norms,
+        }
+    }
+
     pub fn correct(&self) -> u64 {
         self.predictions.correct()
     }

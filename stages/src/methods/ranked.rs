@@ -8,7 +8,7 @@ use datasets::Example;
 
 use super::{all_linear, frozen_store, step};
 use super::{evaluate, update_norms, Personalized, Result};
-use crate::fit::{fit_losses, mean_loss, Fit};
+use crate::fit::{fit_losses, Fit};
 use crate::optim::{Adam, AdamConfig, ParamGroup};
 use crate::params::ParamStore;
 use crate::peft::bayestune::{
@@ -142,13 +142,7 @@ pub fn personalize_ranked(
         .collect();
     let predictions = evaluate(&model, &sel.store, test, run.batch_size)?;
     let update_norms = update_norms(model.store(), &sel.store, &sel.modules)?;
-    Ok(Personalized {
-        predictions,
-        ranks,
-        mean_train_loss: mean_loss(&losses),
-        step_losses: losses,
-        update_norms,
-    })
+    Ok(Personalized::new(predictions, ranks, losses, update_norms))
 }
 
 #[cfg(test)]
