@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod fetch;
 pub mod kinds;
 pub mod report;
 
