@@ -4,6 +4,7 @@
 mod base_models;
 mod executor;
 mod fedl2p;
+mod integrity;
 mod manifest_errors;
 mod personalize;
 mod psg;

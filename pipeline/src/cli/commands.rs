@@ -213,6 +213,28 @@ pub fn verify(manifest: &Manifest, registry: &Registry) -> Result<VerifyReport> 
     let store = Store::new(&manifest.workdir);
     let _lock = WorkdirLock::acquire(&manifest.workdir)?;
     let mut report = VerifyReport::default();
+    // Entries whose meta.json is missing or unreadable cannot even be planned around: set them
+    // aside first (named by the instance that now plans that key, when there is one).
+    crate::engine::repair::tidy_scratch(&manifest.workdir)?;
+    let set_aside = crate::engine::repair::set_aside_unsound_entries(&store)?;
+    for (file, why) in crate::engine::repair::discard_bad_checkpoints(&store)? {
+        report
+            .corrupt
+            .push((file.display().to_string(), vec![format!("{why} (deleted)")]));
+    }
+    if !set_aside.is_empty() {
+        let plan = Plan::build(manifest, registry, &store, &mut DigestCache::default())?;
+        for bad in set_aside {
+            let id = plan
+                .instances
+                .iter()
+                .find(|i| i.key.as_deref() == Some(bad.key.as_str()))
+                .map(|i| i.id.clone())
+                .unwrap_or_else(|| format!("store/{}", bad.key));
+            report.checked += 1;
+            report.corrupt.push((id, vec![bad.reason]));
+        }
+    }
     // Verify stage by stage: a damaged upstream changes what downstream keys would be, so
     // re-plan after each invalidation round until everything left is sound.
     let mut checked: BTreeSet<String> = BTreeSet::new();

@@ -30,6 +30,8 @@ pub struct StageContext {
     pub(crate) stage: String,
     pub(crate) kind: String,
     pub(crate) instance: String,
+    /// The instance's cache key: checkpoints are bound to it.
+    pub(crate) key: String,
     pub(crate) combo: Combo,
     pub(crate) params: Value,
     pub(crate) run_seed: u64,
@@ -139,18 +141,38 @@ impl StageContext {
         &self.out_dir
     }
 
-    /// Saves the stage's resumable state atomically; a killed run resumes from the last one.
+    /// Saves the stage's resumable state atomically, behind a header with its key and digest
+    /// (`engine::checkpoint`); a killed run resumes from the last one.
     pub fn checkpoint(&self, state: &[u8]) -> Result<(), StageError> {
-        write_bytes_synced(&self.checkpoint_dir.join("state.bin"), state)
+        let bytes = super::checkpoint::encode(&self.key, state);
+        write_bytes_synced(&self.checkpoint_dir.join("state.bin"), &bytes)
             .map_err(|e| StageError(e.to_string()))
     }
 
-    /// The last checkpoint of an interrupted attempt at this same key, if any.
+    /// The last checkpoint of an interrupted attempt at this same key, if any. One that fails
+    /// its header check (damaged, truncated, another key, an old format) is deleted with a
+    /// warning naming it, and the stage starts from scratch.
     pub fn resume(&mut self) -> Option<Vec<u8>> {
-        let state = std::fs::read(self.checkpoint_dir.join("state.bin")).ok()?;
-        self.resumed = true;
-        self.log(&format!("resuming from checkpoint ({} bytes)", state.len()));
-        Some(state)
+        let path = self.checkpoint_dir.join("state.bin");
+        let bytes = std::fs::read(&path).ok()?;
+        match super::checkpoint::decode(&self.key, &bytes) {
+            Ok(state) => {
+                self.resumed = true;
+                self.log(&format!("resuming from checkpoint ({} bytes)", state.len()));
+                Some(state.to_vec())
+            }
+            Err(why) => {
+                let msg = format!(
+                    "warning: {}: discarding checkpoint {} ({why}); the stage restarts from scratch",
+                    self.instance,
+                    path.display()
+                );
+                eprintln!("{msg}");
+                self.log(&msg);
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
     }
 
     /// Appends a line to the instance's log (kept with its outputs, or with the failure).

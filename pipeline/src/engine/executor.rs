@@ -109,7 +109,14 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
     }
 
     let _lock = WorkdirLock::acquire(&manifest.workdir)?;
+    super::repair::tidy_scratch(&manifest.workdir)?;
     store.clean_stale_attempts()?;
+    for bad in super::repair::set_aside_unsound_entries(&store)? {
+        eprintln!(
+            "warning: store entry {} set aside in corrupt/ ({}); it is recomputed",
+            bad.key, bad.reason
+        );
+    }
 
     let mut summary = RunSummary::default();
     let mut attempted: BTreeSet<String> = BTreeSet::new();
@@ -263,6 +270,10 @@ fn execute(
     let key = inst.key.clone().expect("runnable has key");
     let comps = inst.components.clone().expect("runnable has components");
     let kind = registry.get(&inst.kind).expect("validated");
+    if replace {
+        // `--force` means from scratch: an interrupted attempt's progress is not reused.
+        store.discard_checkpoint(&key).map_err(|e| e.to_string())?;
+    }
     let attempt = store.new_attempt(&key).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(attempt.join("log.txt")).ok();
     if workers == 1 {
@@ -274,6 +285,7 @@ fn execute(
         stage: inst.stage.clone(),
         kind: inst.kind.clone(),
         instance: inst.id.clone(),
+        key: key.clone(),
         combo: inst.combo.clone(),
         params: inst.params.clone(),
         run_seed: inst.run_seed,

@@ -3,6 +3,7 @@
 //! sees while it runs, the stage-kind registry and the executor. It knows no stage kind and no
 //! report: kinds plug in through [`registry::StageKind`].
 
+pub mod checkpoint;
 pub mod context;
 pub mod dag;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod matrix;
 pub mod plan;
 pub mod progress;
 pub mod registry;
+pub mod repair;
 pub mod spec;
 pub mod store;
 pub mod timefmt;

@@ -150,6 +150,11 @@ impl Store {
         sync_tree(attempt)?;
         let dest = self.instance_dir(&meta.key);
         fs::create_dir_all(self.store_root()).at(self.store_root())?;
+        if dest.exists() && self.read_meta(&meta.key).is_err() {
+            // A damaged entry (no or unreadable meta.json) is not "another process finished
+            // first": set it aside, or the instance would never be marked done.
+            self.invalidate(&meta.key)?;
+        }
         if dest.exists() {
             if !replace {
                 // Another process finished the same key first; its result is equally valid.
@@ -175,6 +180,15 @@ impl Store {
         let ckpt = self.checkpoint_dir(&meta.key);
         if ckpt.exists() {
             fs::remove_dir_all(&ckpt).at(&ckpt)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the checkpoint of `key` (a forced rerun starts from scratch).
+    pub fn discard_checkpoint(&self, key: &str) -> Result<()> {
+        let dir = self.checkpoint_dir(key);
+        if dir.exists() {
+            remove_any(&dir)?;
         }
         Ok(())
     }
@@ -206,8 +220,8 @@ impl Store {
             let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
             let alive = pid.is_some_and(|p| p == std::process::id() || super::lock::pid_alive(p));
             if !alive || name.starts_with("replaced.") {
-                let p = e.path();
-                fs::remove_dir_all(&p).at(&p)?;
+                // Anything not ours (a stray file included) goes: tmp/ is private scratch.
+                remove_any(&e.path())?;
             }
         }
         Ok(())
@@ -286,7 +300,7 @@ impl Store {
     }
 }
 
-fn read_meta_at(path: &Path) -> Result<Meta> {
+pub(crate) fn read_meta_at(path: &Path) -> Result<Meta> {
     let text = fs::read_to_string(path).at(path)?;
     serde_json::from_str(&text).map_err(|e| PipelineError::Corrupt {
         path: path.to_path_buf(),
@@ -333,6 +347,15 @@ pub fn tree_digest(outputs: &BTreeMap<String, FileDigest>) -> String {
         h.update(b"\n");
     }
     h.finalize().to_hex().to_string()
+}
+
+/// Removes a file, link or directory tree.
+pub fn remove_any(p: &Path) -> Result<()> {
+    if p.is_dir() && !p.is_symlink() {
+        fs::remove_dir_all(p).at(p)
+    } else {
+        fs::remove_file(p).at(p)
+    }
 }
 
 /// Writes JSON to a temp file, fsyncs it and renames it over `path`.
