@@ -24,7 +24,12 @@ const CASES: &[(&str, &str, Option<usize>)] = &[
     ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/rounds\n    params:\n      rounds: 0\n", "`rounds` must be at least 1", Some(7)),
     ("name: my run\nseed: 1\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "field `name`", Some(1)),
     ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n    matrix:\n      budget: [2, 2]\n", "lists 2 twice", Some(8)),
-    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n  a:\n    kind: test/write\n    params: {text: u}\n", "stage `a` is defined twice (lines 5 and 8)", Some(7)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n  a:\n    kind: test/write\n    params: {text: u}\n", "key `a` appears twice in one mapping (first at line 5)", Some(7)),
+    ("name: x\nseed: 1\nseed: 2\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "key `seed` appears twice in one mapping (first at line 3)", Some(3)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/rounds\n    params:\n      rounds: 2\n      sleep_ms: 1\n      rounds: 5\n", "key `rounds` appears twice in one mapping (first at line 8)", Some(9)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n    matrix:\n      budget: [1]\n      budget: [2]\n", "key `budget` appears twice in one mapping (first at line 9)", Some(9)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t, item: {k: 1, k: 2}}\n", "key `k` appears twice in one mapping (first at line 7)", Some(6)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/rounds\n    params:\n      rounds: 2\n      sleep_ms: soon\n", "field `sleep_ms`: invalid type: string \"soon\"", Some(8)),
     ("name: x\nseed: 1\ndevice: cuda:0\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "no CUDA support", Some(3)),
 ];
 

@@ -76,11 +76,16 @@ impl Manifest {
         if text.trim().is_empty() {
             return Err(err(None, "manifest is empty".into()));
         }
-        // YAML mappings keep the last of duplicate keys; a repeated stage would vanish silently.
-        if let Some((name, first, second)) = source.duplicate_stage() {
+        // Maps keep the last of repeated keys; refuse them before the values are read.
+        if let Some(dup) = super::yaml_keys::find_duplicate(text) {
+            let first = dup
+                .line
+                .and_then(|l| source.earlier_key(l, &dup.key))
+                .map(|f| format!(" (first at line {f})"))
+                .unwrap_or_default();
             return Err(err(
-                Some(second),
-                format!("stage `{name}` is defined twice (lines {first} and {second})"),
+                dup.line,
+                format!("key `{}` appears twice in one mapping{first}", dup.key),
             ));
         }
         let raw: RawManifest = serde_norway::from_str(text).map_err(|e| {
@@ -378,24 +383,24 @@ impl SourceLines {
         self.find_in(self.children(stages), stage)
     }
 
-    /// A stage key that appears twice under `stages:`: (name, first line, second line).
-    fn duplicate_stage(&self) -> Option<(String, usize, usize)> {
-        let stages = self.top_field("stages")? - 1;
-        let (from, to) = self.children(stages);
-        let indent = (from..to)
-            .map(|i| &self.lines[i])
-            .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .map(|l| Self::indent(l))?;
-        let mut seen: std::collections::HashMap<&str, usize> = Default::default();
-        for i in from..to {
+    /// Line of an earlier `key` of the same block as the one on `line` (1-based), if the key
+    /// on `line` is in block style; a flow mapping (`{a: 1, a: 2}`) gives `line` itself.
+    fn earlier_key(&self, line: usize, key: &str) -> Option<usize> {
+        let at = self.lines.get(line.checked_sub(1)?)?;
+        if Self::key_of(at) != Some(key) {
+            return Some(line);
+        }
+        let indent = Self::indent(at);
+        for i in (0..line - 1).rev() {
             let l = &self.lines[i];
-            if Self::indent(l) != indent {
+            if l.trim().is_empty() || l.trim_start().starts_with('#') {
                 continue;
             }
-            if let Some(key) = Self::key_of(l) {
-                if let Some(first) = seen.insert(key, i + 1) {
-                    return Some((key.to_string(), first, i + 1));
-                }
+            if Self::indent(l) < indent {
+                return None;
+            }
+            if Self::indent(l) == indent && Self::key_of(l) == Some(key) {
+                return Some(i + 1);
             }
         }
         None

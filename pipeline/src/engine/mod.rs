@@ -20,3 +20,4 @@ pub mod repair;
 pub mod spec;
 pub mod store;
 pub mod timefmt;
+pub mod yaml_keys;
