@@ -2,6 +2,7 @@
 //! the command line, run the command, turn errors into one message and an exit code
 //! (2 = bad input, 1 = failure).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -172,6 +173,23 @@ enum BenchCommand {
     },
 }
 
+/// `println!` that returns the write error instead of panicking: a closed stdout
+/// (`pipeline status | head`) ends the command quietly, see [`is_broken_pipe`].
+macro_rules! outln {
+    ($($arg:tt)*) => { writeln!(std::io::stdout().lock(), $($arg)*)? };
+}
+macro_rules! out {
+    ($($arg:tt)*) => { write!(std::io::stdout().lock(), $($arg)*)? };
+}
+
+/// The reader of our stdout went away: not an error of ours, nothing left to say.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn load(m: &ManifestArgs, registry: &Registry) -> Result<Manifest, PipelineError> {
     Manifest::load(&m.manifest, registry, m.workdir.as_deref())
 }
@@ -183,6 +201,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             let code = e
@@ -222,10 +241,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             for (id, e) in &summary.failures {
                 eprintln!("failed: {id}: {e}");
             }
+            // The exit status must tell of failures even when stdout is gone: write errors here
+            // are dropped, not returned.
+            let mut stdout = std::io::stdout().lock();
             if summary.blocked > 0 {
-                println!("{} not run (upstream failed)", summary.blocked);
+                let _ = writeln!(stdout, "{} not run (upstream failed)", summary.blocked);
             }
-            println!("{}", summary.line());
+            let _ = writeln!(stdout, "{}", summary.line());
             if summary.failed > 0 {
                 return Ok(ExitCode::from(1));
             }
@@ -233,28 +255,28 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { m, json } => {
             let manifest = load(&m, &registry)?;
             let statuses = commands::status(&manifest, &registry)?;
-            commands::print_status(&statuses, json);
+            commands::print_status(&mut std::io::stdout().lock(), &statuses, json)?;
         }
         Command::Explain { m, stage } => {
             let manifest = load(&m, &registry)?;
             for line in commands::explain(&manifest, &registry, &stage)? {
-                println!("{line}");
+                outln!("{line}");
             }
         }
         Command::Dag { m, dot } => {
             let manifest = load(&m, &registry)?;
-            print!("{}", commands::dag(&manifest, &registry, dot)?);
+            out!("{}", commands::dag(&manifest, &registry, dot)?);
         }
         Command::Verify { m } => {
             let manifest = load(&m, &registry)?;
             let report = commands::verify(&manifest, &registry)?;
             for (id, problems) in &report.corrupt {
-                println!("corrupt {id} (invalidated; the next run recomputes it)");
+                outln!("corrupt {id} (invalidated; the next run recomputes it)");
                 for p in problems {
-                    println!("  {p}");
+                    outln!("  {p}");
                 }
             }
-            println!(
+            outln!(
                 "{} instances checked, {} corrupt",
                 report.checked,
                 report.corrupt.len()
@@ -269,19 +291,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let files = export::export_csv(&manifest, &registry, &csv)
                 .with_context(|| format!("exporting to {}", csv.display()))?;
             for f in &files {
-                println!("{}", f.display());
+                outln!("{}", f.display());
             }
         }
         Command::Clean { m, unreferenced } => {
             let manifest = load(&m, &registry)?;
             let n = commands::clean(&manifest, &registry, unreferenced)?;
-            println!("removed {n} entries from {}", manifest.workdir.display());
+            outln!("removed {n} entries from {}", manifest.workdir.display());
         }
         Command::Bench { what } => match what {
             BenchCommand::Executor {
                 instances,
                 status_instances,
-            } => println!(
+            } => outln!(
                 "{}",
                 pipeline::cli::bench::executor(instances, status_instances)?
             ),
@@ -296,13 +318,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let (summary, pairs) = tools::score(&pred, reference.as_deref(), &metrics)?;
             if per_pair {
                 for p in &pairs {
-                    println!("{}", serde_json::to_string(p)?);
+                    outln!("{}", serde_json::to_string(p)?);
                 }
             }
             if json {
-                println!("{}", serde_json::to_string(&summary)?);
+                outln!("{}", serde_json::to_string(&summary)?);
             } else {
-                println!("pairs\t{}", summary.n);
+                outln!("pairs\t{}", summary.n);
                 for (name, v) in [
                     ("accuracy", summary.accuracy),
                     ("rouge1", summary.rouge1),
@@ -310,7 +332,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     ("meteor", summary.meteor),
                 ] {
                     if let Some(v) = v {
-                        println!("{name}\t{v:.6}");
+                        outln!("{name}\t{v:.6}");
                     }
                 }
             }
@@ -329,7 +351,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             for (i, p) in tools::predict(&model, &input, &opts)?.iter().enumerate() {
                 if json {
-                    println!("{}", serde_json::to_string(p)?);
+                    outln!("{}", serde_json::to_string(p)?);
                     continue;
                 }
                 match p {
@@ -337,12 +359,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         logits,
                         label,
                         label_name,
-                    } => println!(
+                    } => outln!(
                         "{i}\t{label}\t{}\t{logits:?}",
                         label_name.as_deref().unwrap_or("-")
                     ),
                     stages::predict::Prediction::Generation { generation, .. } => {
-                        println!("{i}\t{generation:?}")
+                        outln!("{i}\t{generation:?}")
                     }
                 }
             }
@@ -352,13 +374,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
             tokenizer,
             out,
-        } => println!(
+        } => outln!(
             "{}",
             tools::import_model(&format, &input, tokenizer.as_ref(), &out)?
         ),
         Command::Kinds => {
             for k in registry.iter() {
-                println!("{:<28} v{}  {}", k.name(), k.version(), k.describe());
+                outln!("{:<28} v{}  {}", k.name(), k.version(), k.describe());
             }
         }
     }

@@ -123,3 +123,76 @@ fn unknown_kind_lists_every_registered_kind() {
         r.stderr
     );
 }
+
+#[test]
+fn a_workdir_that_is_a_file_exits_2_naming_it() {
+    let s = Sandbox::new();
+    s.write("file", "not a directory");
+    s.write(
+        "m.yaml",
+        "name: x\nseed: 1\nstages:\n  a: {kind: test/write, params: {text: t}}\n",
+    );
+    for workdir in ["file", "file/sub"] {
+        for cmd in ["run", "status"] {
+            let r = s.run(&[cmd, "m.yaml", "--workdir", workdir]);
+            assert_eq!(r.code, Some(2), "{cmd} --workdir {workdir}: {r:#?}");
+            assert!(
+                r.stderr.contains("--workdir: workdir")
+                    && r.stderr.contains("file is a file, not a directory"),
+                "{}",
+                r.stderr
+            );
+        }
+    }
+    s.write(
+        "w.yaml",
+        "name: x\nseed: 1\nworkdir: file\nstages:\n  a: {kind: test/write, params: {text: t}}\n",
+    );
+    let r = s.run(&["run", "w.yaml"]);
+    assert_eq!(r.code, Some(2), "{r:#?}");
+    assert!(
+        r.stderr.contains("w.yaml:3: field `workdir`"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// `pipeline status … | head`: the reader goes away before the output is written.
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let s = Sandbox::new();
+    s.write(
+        "m.yaml",
+        "name: x\nseed: 1\nworkdir: wd\nstages:\n  a: {kind: test/write, params: {text: t}}\n",
+    );
+    for args in [
+        &["status", "m.yaml"][..],
+        &["status", "--json", "m.yaml"],
+        &["kinds"],
+        &["run", "--dry-run", "m.yaml"],
+    ] {
+        let mut child = s
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    // A run whose stdout closes still finishes its work.
+    let mut child = s
+        .command(&["run", "m.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait().unwrap();
+    assert_eq!(
+        s.run(&["status", "m.yaml"]).stdout.lines().last(),
+        Some("1 done")
+    );
+}

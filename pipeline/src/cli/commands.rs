@@ -81,24 +81,32 @@ pub fn status(manifest: &Manifest, registry: &Registry) -> Result<Vec<InstanceSt
     Ok(out)
 }
 
-pub fn print_status(statuses: &[InstanceStatus], json: bool) {
+pub fn print_status(
+    out: &mut impl std::io::Write,
+    statuses: &[InstanceStatus],
+    json: bool,
+) -> std::io::Result<()> {
     if json {
         for s in statuses {
-            println!("{}", serde_json::to_string(s).expect("status serializes"));
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(s).expect("status serializes")
+            )?;
         }
-        return;
+        return Ok(());
     }
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for s in statuses {
         *counts.entry(s.state.as_str()).or_default() += 1;
         if s.reason.is_empty() {
-            println!("{:<8} {}", s.state, s.instance);
+            writeln!(out, "{:<8} {}", s.state, s.instance)?;
         } else {
-            println!("{:<8} {}  ({})", s.state, s.instance, s.reason);
+            writeln!(out, "{:<8} {}  ({})", s.state, s.instance, s.reason)?;
         }
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    println!("{}", summary.join(", "));
+    writeln!(out, "{}", summary.join(", "))
 }
 
 /// Why each instance of `stage` has the key it has, against its last recorded run.

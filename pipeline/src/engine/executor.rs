@@ -104,7 +104,8 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
 
     if opts.dry_run {
         let plan = Plan::build(manifest, registry, &store, &mut cache)?;
-        print_dry_run(&plan, &selected, &forced);
+        // A closed stdout (`--dry-run | head`) only cuts the listing short.
+        let _ = print_dry_run(&mut std::io::stdout().lock(), &plan, &selected, &forced);
         return Ok(RunSummary::default());
     }
 
@@ -355,7 +356,12 @@ fn execute(
     }
 }
 
-fn print_dry_run(plan: &Plan, selected: &BTreeSet<String>, forced: &BTreeSet<String>) {
+fn print_dry_run(
+    out: &mut impl std::io::Write,
+    plan: &Plan,
+    selected: &BTreeSet<String>,
+    forced: &BTreeSet<String>,
+) -> std::io::Result<()> {
     let (mut run, mut cached, mut later) = (0, 0, 0);
     for inst in plan
         .instances
@@ -380,9 +386,12 @@ fn print_dry_run(plan: &Plan, selected: &BTreeSet<String>, forced: &BTreeSet<Str
                 "would run after its inputs"
             }
         };
-        println!("{what:<26} {}", inst.id);
+        writeln!(out, "{what:<26} {}", inst.id)?;
     }
-    println!("dry run: {run} to run now, {later} after their inputs, {cached} cached");
+    writeln!(
+        out,
+        "dry run: {run} to run now, {later} after their inputs, {cached} cached"
+    )
 }
 
 /// Resets the kernel's peak-RSS counter so the next reading is this instance's own peak. First

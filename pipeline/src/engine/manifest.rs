@@ -240,6 +240,20 @@ impl Manifest {
             (None, Some(w)) => w.clone(),
             (None, None) => PathBuf::from(".pipeline").join(&raw.name),
         };
+        if let Some(file) = file_in_the_way(&workdir) {
+            let message = format!(
+                "workdir {} cannot be used: {} is a file, not a directory",
+                workdir.display(),
+                file.display()
+            );
+            return Err(match workdir_override {
+                Some(_) => PipelineError::Usage(format!("--workdir: {message}")),
+                None => err(
+                    source.top_field("workdir"),
+                    format!("field `workdir`: {message}"),
+                ),
+            });
+        }
         let data_root = std::env::var_os(DATA_ROOT_ENV)
             .map(PathBuf::from)
             .or(raw.data_root);
@@ -314,6 +328,16 @@ fn parse_axis(
         }
     }
     Ok(MatrixAxis::Values(values))
+}
+
+/// The nearest existing ancestor of `dir` (itself included) when it is not a directory: the
+/// workdir could never be created there.
+fn file_in_the_way(dir: &Path) -> Option<PathBuf> {
+    let existing = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| a.exists())?;
+    (!existing.is_dir()).then(|| existing.to_path_buf())
 }
 
 fn is_identifier(s: &str) -> bool {

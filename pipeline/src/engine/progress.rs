@@ -61,7 +61,7 @@ impl Reporter {
             }
             None => {
                 if !self.quiet {
-                    println!("start  {id}");
+                    plain_line(&format!("start  {id}"));
                 }
                 StageProgress { bar: None }
             }
@@ -96,7 +96,7 @@ impl Reporter {
             Some(m) => {
                 let _ = m.println(msg);
             }
-            None => println!("{msg}"),
+            None => plain_line(msg),
         }
     }
 
@@ -145,4 +145,11 @@ impl StageProgress {
             bar.inc(n);
         }
     }
+}
+
+/// A progress line on stdout. A closed stdout (`run | head`) must not stop the run, so write
+/// errors are dropped; `println!` would panic.
+fn plain_line(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{msg}");
 }
