@@ -159,3 +159,64 @@ fn junk_in_tmp_and_index_is_cleaned() {
     assert!(!s.path().join("wd/index/a-dir").exists());
     s.run(&["status", "m.yaml"]).ok();
 }
+
+/// SIGTERM and SIGINT mid-stage: the run says what it interrupted and that a rerun resumes,
+/// releases the lock and exits 128 + signal; the rerun continues from the checkpoint.
+#[test]
+fn sigterm_and_sigint_are_reported_release_the_lock_and_resume() {
+    use std::io::BufRead;
+    let s = Sandbox::new();
+    for (signal, name, code) in [
+        (libc::SIGTERM, "SIGTERM", 143),
+        (libc::SIGINT, "SIGINT", 130),
+    ] {
+        let wd = format!("wd-{name}");
+        let yaml = format!("{name}.yaml");
+        s.write(
+            &yaml,
+            &format!("name: x\nseed: 1\nworkdir: {wd}\nstages:\n  slow:\n    kind: test/rounds\n    params: {{rounds: 40, sleep_ms: 50}}\n"),
+        );
+        let mut child = s
+            .command(&["run", &yaml])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("start  slow"), "{line}");
+        let checkpoints = s.path().join(&wd).join("checkpoints");
+        let t0 = std::time::Instant::now();
+        while std::fs::read_dir(&checkpoints).map_or(true, |d| d.count() == 0) {
+            assert!(t0.elapsed().as_secs() < 20, "no checkpoint was written");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}: run stopped; interrupted slow."))
+                && stderr.contains("again resumes the interrupted ones"),
+            "{stderr}"
+        );
+        assert!(
+            !s.path().join(&wd).join("lock").exists(),
+            "{name}: lock kept"
+        );
+        s.run(&["run", &yaml]).ok();
+        let resumed = std::fs::read_dir(s.path().join(&wd).join("store"))
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("meta.json"))
+                    .is_ok_and(|m| m.contains("\"resumed\": true"))
+            });
+        assert!(
+            resumed,
+            "{name}: the rerun did not resume from the checkpoint"
+        );
+    }
+}

@@ -109,7 +109,10 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
         return Ok(RunSummary::default());
     }
 
-    let _lock = WorkdirLock::acquire(&manifest.workdir)?;
+    let lock = WorkdirLock::acquire(&manifest.workdir)?;
+    let running = super::interrupt::Running::default();
+    let _interrupt = super::interrupt::install(lock.path().to_path_buf(), running.clone())
+        .map_err(|e| PipelineError::Other(format!("cannot watch for SIGINT/SIGTERM: {e}")))?;
     super::repair::tidy_scratch(&manifest.workdir)?;
     store.clean_stale_attempts()?;
     for bad in super::repair::set_aside_unsound_entries(&store)? {
@@ -158,7 +161,7 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
             attempted.insert(plan.instances[n].key.clone().expect("runnable has key"));
         }
         let outcomes = run_wave(
-            manifest, registry, &store, &plan, &runnable, &forced, opts, &reporter,
+            manifest, registry, &store, &plan, &runnable, &forced, opts, &reporter, &running,
         );
         let mut wave_failed = false;
         for (n, outcome) in outcomes {
@@ -209,6 +212,7 @@ fn run_wave(
     forced: &BTreeSet<String>,
     opts: &RunOptions,
     reporter: &Reporter,
+    running: &super::interrupt::Running,
 ) -> Vec<(usize, Outcome)> {
     let queue = Mutex::new(runnable.iter().rev().copied().collect::<Vec<_>>());
     let results = Mutex::new(Vec::new());
@@ -224,6 +228,10 @@ fn run_wave(
                     break;
                 };
                 let inst = &plan.instances[n];
+                running
+                    .lock()
+                    .expect("running lock")
+                    .insert(inst.id.clone());
                 let progress = reporter.instance_started(&inst.id);
                 let t0 = Instant::now();
                 let replace = forced.contains(&inst.stage);
@@ -237,6 +245,7 @@ fn run_wave(
                     workers,
                     progress.clone(),
                 );
+                running.lock().expect("running lock").remove(&inst.id);
                 let secs = t0.elapsed().as_secs_f64();
                 match &outcome {
                     Ok(()) => reporter.instance_finished(&inst.id, "done", secs, progress),

@@ -22,6 +22,11 @@ pub struct WorkdirLock {
 }
 
 impl WorkdirLock {
+    /// The lock file, for a signal handler that must release it without unwinding.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn acquire(workdir: &Path) -> Result<Self> {
         fs::create_dir_all(workdir).at(workdir)?;
         let path = workdir.join("lock");

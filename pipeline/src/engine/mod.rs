@@ -8,6 +8,7 @@ pub mod context;
 pub mod dag;
 pub mod error;
 pub mod executor;
+pub mod interrupt;
 pub mod key;
 pub mod kind_params;
 pub mod lock;
