@@ -12,8 +12,12 @@ pub enum DatasetError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: file is empty (expected a header and at least one record)")]
-    EmptyFile { path: PathBuf },
+    /// `expected` names the format, so a JSON file is not reported in TSV terms.
+    #[error("{path}: file is empty (expected {expected})")]
+    EmptyFile {
+        path: PathBuf,
+        expected: &'static str,
+    },
     #[error("{path}: missing column `{column}` in the header (found: {found})")]
     MissingColumn {
         path: PathBuf,

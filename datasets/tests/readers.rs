@@ -172,6 +172,23 @@ fn malformed_xnli_and_aya_files_give_clear_errors() {
         fed_aya::read_test_sets(&j).unwrap_err(),
         DatasetError::EmptyFile { .. }
     ));
+    // Empty JSON is reported in JSON terms, not as a TSV without a header.
+    for e in [
+        fed_aya::read_test_sets(&j).unwrap_err(),
+        fed_aya::read_clients_file(&j, &["en".into()]).unwrap_err(),
+    ] {
+        let m = e.to_string();
+        assert!(m.contains("file is empty (expected a JSON object"), "{m}");
+        assert!(!m.contains("header"), "{m}");
+    }
+    fs::write(&j, "{}").unwrap();
+    let m = fed_aya::read_clients_file(&j, &["en".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("expected a JSON object with at least one client"),
+        "{m}"
+    );
     fs::write(
         &j,
         r#"{"Klingon": [{"instruction": "i", "reference": "r"}]}"#,

@@ -70,7 +70,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
         .len()
         == 0
     {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "a JSON object keyed by client or language, each a list of records",
+        });
     }
     serde_json::from_reader(BufReader::new(file)).map_err(|e| DatasetError::BadJson {
         path: path.into(),
@@ -83,7 +86,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 pub fn read_clients_file(path: &Path, languages: &[String]) -> Result<Vec<AyaClient>> {
     let object: OrderedObject<Vec<AyaRecord>> = read_json(path)?;
     if object.0.is_empty() {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "a JSON object with at least one client",
+        });
     }
     Ok(object
         .0
@@ -140,7 +146,10 @@ pub fn read_test_sets(path: &Path) -> Result<Vec<AyaRecord>> {
         }));
     }
     if out.is_empty() {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "at least one instruction/reference pair",
+        });
     }
     Ok(out)
 }

@@ -54,7 +54,10 @@ pub fn read_labels(path: &Path) -> Result<Vec<String>> {
         labels.push(l.to_string());
     }
     if labels.is_empty() {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "one label per line",
+        });
     }
     Ok(labels)
 }
@@ -89,7 +92,10 @@ pub fn read_split(path: &Path, allowed: &[String]) -> Result<Vec<NewsRecord>> {
         });
     }
     if out.is_empty() {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "a header and at least one record",
+        });
     }
     Ok(out)
 }

@@ -15,7 +15,10 @@ pub(crate) fn open(path: &Path, quoted: bool) -> Result<csv::Reader<File>> {
         .map_err(|e| DatasetError::io(path, e))?
         .len();
     if len == 0 {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "a header and at least one record",
+        });
     }
     Ok(csv::ReaderBuilder::new()
         .delimiter(b'\t')

@@ -52,7 +52,10 @@ pub fn read_hf_parquet(
         .len()
         == 0
     {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "a Parquet file with at least one row",
+        });
     }
     let pq = |source| DatasetError::Parquet {
         path: path.into(),
@@ -155,7 +158,10 @@ pub fn read_hf_parquet(
         }
     }
     if record == 0 {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "a Parquet file with at least one row",
+        });
     }
     Ok(out)
 }

@@ -93,7 +93,10 @@ pub fn read_per_language_tsv(path: &Path) -> Result<Vec<NliRecord>> {
         });
     }
     if out.is_empty() {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "a header and at least one record",
+        });
     }
     Ok(out)
 }
@@ -214,7 +217,10 @@ pub fn read_hf_jsonl(
         }
     }
     if record == 0 {
-        return Err(DatasetError::EmptyFile { path: path.into() });
+        return Err(DatasetError::EmptyFile {
+            path: path.into(),
+            expected: "JSON lines, one parallel row per line",
+        });
     }
     check_languages_present(path, &out)?;
     Ok(out)
