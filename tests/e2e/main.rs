@@ -7,6 +7,7 @@ mod fedl2p;
 mod integrity;
 mod manifest_errors;
 mod personalize;
+mod preflight;
 mod psg;
 mod tools;
 mod util;

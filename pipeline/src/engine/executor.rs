@@ -104,11 +104,18 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
 
     if opts.dry_run {
         let plan = Plan::build(manifest, registry, &store, &mut cache)?;
+        super::preflight::check(manifest, registry, &plan, &selected, &forced)?;
         // A closed stdout (`--dry-run | head`) only cuts the listing short.
         let _ = print_dry_run(&mut std::io::stdout().lock(), &plan, &selected, &forced);
         return Ok(RunSummary::default());
     }
 
+    // Inputs are checked before the lock is taken, so a refused run writes nothing. A store that
+    // needs repair (done under the lock, below) may not plan yet; it is checked after the repair.
+    let planned = Plan::build(manifest, registry, &store, &mut cache).ok();
+    if let Some(plan) = &planned {
+        super::preflight::check(manifest, registry, plan, &selected, &forced)?;
+    }
     let lock = WorkdirLock::acquire(&manifest.workdir)?;
     let running = super::interrupt::Running::default();
     let _interrupt = super::interrupt::install(lock.path().to_path_buf(), running.clone())
@@ -120,6 +127,11 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
             "warning: store entry {} set aside in corrupt/ ({}); it is recomputed",
             bad.key, bad.reason
         );
+    }
+
+    if planned.is_none() {
+        let plan = Plan::build(manifest, registry, &store, &mut cache)?;
+        super::preflight::check(manifest, registry, &plan, &selected, &forced)?;
     }
 
     let mut summary = RunSummary::default();

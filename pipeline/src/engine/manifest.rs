@@ -274,6 +274,11 @@ impl Manifest {
     pub fn stage_line(&self, stage: &str) -> Option<usize> {
         self.source.stage(stage)
     }
+
+    /// Line of `field` inside a stage's block (its params or matrix), for messages about it.
+    pub fn field_line(&self, stage: &str, field: &str) -> Option<usize> {
+        self.source.stage_field(stage, field)
+    }
 }
 
 /// One matrix entry: a non-empty list of distinct scalars, or `all` for kinds that expand it.

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod manifest;
 pub mod matrix;
 pub mod plan;
+pub mod preflight;
 pub mod progress;
 pub mod registry;
 pub mod repair;

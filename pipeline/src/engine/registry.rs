@@ -48,6 +48,16 @@ pub trait StageKind: Send + Sync {
     fn external_inputs(&self, _plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
         Ok(Vec::new())
     }
+    /// Checks what an instance with `params` will read from outside the workdir (a model
+    /// directory, raw data against the parameters) before anything of the run executes, so a
+    /// bad input exits 2 up front instead of failing after upstream stages have committed.
+    fn check_inputs(
+        &self,
+        _params: &Value,
+        _data_root: Option<&std::path::Path>,
+    ) -> Result<(), ParamError> {
+        Ok(())
+    }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError>;
 }
 

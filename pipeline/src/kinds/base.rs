@@ -5,7 +5,7 @@
 //! layout (config.json, model.safetensors, tokenizer.json; generation models add `task.json`
 //! with their prompt template); FedAvg also writes `rounds.csv`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datasets::{PoolReader, Split, TaskKind};
@@ -243,17 +243,6 @@ fn check_model(m: &ModelSource, task: &TaskOptions) -> Result<(), ParamError> {
     task.check()
 }
 
-fn model_files(m: &ModelSource) -> Result<Vec<PathBuf>, StageError> {
-    let files = m.files();
-    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-        return Err(StageError::msg(format!(
-            "model file {} not found (model.dir must be an HF-layout directory)",
-            missing.display()
-        )));
-    }
-    Ok(files)
-}
-
 /// The seen pool of the single upstream partition.
 fn seen_pool(ctx: &StageContext) -> Result<PoolReader, StageError> {
     let part = ctx.single_input_of_kind("partition/")?;
@@ -354,7 +343,10 @@ impl StageKind for FedAvgKind {
     }
     fn external_inputs(&self, plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
         let p: FedAvgParams = typed_params(plan.params).map_err(|e| StageError(e.message))?;
-        model_files(&p.model)
+        super::model_dir::files(&p.model)
+    }
+    fn check_inputs(&self, params: &Value, _: Option<&Path>) -> Result<(), ParamError> {
+        super::model_dir::check(&typed_params::<FedAvgParams>(params)?.model)
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: FedAvgParams = ctx.params()?;
@@ -400,7 +392,10 @@ impl StageKind for FedDpaKind {
     }
     fn external_inputs(&self, plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
         let p: FedAvgParams = typed_params(plan.params).map_err(|e| StageError(e.message))?;
-        model_files(&p.model)
+        super::model_dir::files(&p.model)
+    }
+    fn check_inputs(&self, params: &Value, _: Option<&Path>) -> Result<(), ParamError> {
+        super::model_dir::check(&typed_params::<FedAvgParams>(params)?.model)
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: FedAvgParams = ctx.params()?;
@@ -559,7 +554,10 @@ impl StageKind for PretrainedKind {
     }
     fn external_inputs(&self, plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
         let p: PretrainedParams = typed_params(plan.params).map_err(|e| StageError(e.message))?;
-        model_files(&p.model)
+        super::model_dir::files(&p.model)
+    }
+    fn check_inputs(&self, params: &Value, _: Option<&Path>) -> Result<(), ParamError> {
+        super::model_dir::check(&typed_params::<PretrainedParams>(params)?.model)
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: PretrainedParams = ctx.params()?;

@@ -9,6 +9,7 @@ pub mod base;
 pub mod base_cache;
 pub mod client_base;
 pub mod lambda_bayestune;
+pub mod model_dir;
 pub mod partition;
 pub mod personalize;
 pub mod psg_fedl2p;

