@@ -13,6 +13,8 @@ import csv
 import json
 import os
 import statistics as st
+import struct
+from array import array
 import sys
 from collections import defaultdict
 
@@ -92,6 +94,9 @@ def baselines(ours, paper):
     for pool in POOLS:
         langs = languages(ours, pool)
         for b in BUDGETS:
+            if not any((pool, b, "lora", l) in ours for l in langs):
+                lines.append(f"| {pool} | {b} | – | – | – | – | – | – |")
+                continue
             cells = []
             for m in ["adalora", "bayestune_lora"]:
                 le = [beats(ours, pool, b, m, l) is False for l in langs]
@@ -162,6 +167,52 @@ def module_kind(name):
     return name
 
 
+def safetensors_f32(path):
+    """Every f32 value of a safetensors file, in header order (standard library only)."""
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header, data, out = json.loads(raw[8:8 + n]), raw[8 + n:], []
+    for name, t in header.items():
+        if name != "__metadata__" and t["dtype"] == "F32":
+            a = array("f")
+            a.frombytes(data[t["data_offsets"][0]:t["data_offsets"][1]])
+            out += a.tolist()
+    return out
+
+
+def stage1_spread(workdir):
+    """Per Stage-1 client: (min, max, distinct values at 1e-7) of its trained λ."""
+    out = []
+    for meta, path in store_instances(workdir):
+        f = os.path.join(path, "lambda.safetensors")
+        if meta.get("kind") == "lambda/bayestune" and os.path.exists(f):
+            v = safetensors_f32(f)
+            out.append((min(v), max(v), len({round(x, 7) for x in v}), len(v)))
+    return out
+
+
+def changed_predictions(workdir):
+    """(method, budget) -> (clients whose test predictions differ from LoRA's at that budget,
+    test examples predicted differently, examples) — how far each method moved from LoRA."""
+    preds = {}
+    for meta, path in store_instances(workdir):
+        p = meta.get("params", {})
+        f = os.path.join(path, "predictions.csv")
+        if meta.get("kind") == "personalize" and os.path.exists(f):
+            preds[(p["method"], p["budget"], p["client"], meta.get("seed"))] = \
+                [r["predicted"] for r in csv.DictReader(open(f))]
+    out = defaultdict(lambda: [0, 0, 0])
+    for (m, b, c, seed), v in preds.items():
+        ref = preds.get(("lora", b, c, seed))
+        if m == "lora" or ref is None:
+            continue
+        d = sum(x != y for x, y in zip(v, ref))
+        out[(m, b)][0] += d > 0
+        out[(m, b)][1] += d
+        out[(m, b)][2] += len(v)
+    return out
+
+
 def diagnostics(workdir):
     psg, lam, upd, curve, ranks, wall = [], defaultdict(list), defaultdict(list), \
         defaultdict(list), defaultdict(lambda: defaultdict(list)), defaultdict(list)
@@ -185,7 +236,7 @@ def diagnostics(workdir):
         if os.path.exists(f):
             rows = [float(r["loss"]) for r in csv.DictReader(open(f))]
             if rows:
-                curve[m].append((rows[0], rows[-1]))
+                curve[m].append((rows[0], rows[-1], len(rows)))
         f = os.path.join(out, "ranks.csv")
         if m in ("fedp2eft", "bayestune_lora") and os.path.exists(f):
             for r in csv.DictReader(open(f)):
@@ -199,6 +250,21 @@ def diagnostics(workdir):
             lines.append(f"| {r['round']} | {float(r['psg_lambda_mean']):.4g} | "
                          f"{float(r['stage1_lambda_mean']):.4g} | "
                          f"{float(r['regression_l1_first']):.4g} | {float(r['regression_l1_last']):.4g} |")
+        lines.append("")
+    spread = stage1_spread(workdir)
+    if spread:
+        lines += [f"Stage 1 (BayesTune-LoRA's λ, {len(spread)} clients): trained λ from "
+                  f"{min(s[0] for s in spread):.6g} to {max(s[1] for s in spread):.6g}; distinct "
+                  f"values (to 1e-7) per client: {min(s[2] for s in spread)}–"
+                  f"{max(s[2] for s in spread)} of {spread[0][3]}.", ""]
+    moved = changed_predictions(workdir)
+    if moved:
+        lines += ["Test predictions that differ from LoRA's at the same budget and client:", "",
+                  "| method | budget | clients with any change | examples changed |",
+                  "|---|---|---|---|"]
+        for (m, b) in sorted(moved):
+            c, d, n = moved[(m, b)]
+            lines.append(f"| {LABEL[m]} | {b} | {c} | {d}/{n} |")
         lines.append("")
     if lam["all"]:
         v = lam["all"]
@@ -223,12 +289,13 @@ def diagnostics(workdir):
         lines.append("")
     if curve:
         lines += ["Learning curves: mean loss of the first and last optimiser step of the "
-                  "personalization fine-tune:", "", "| method | first step | last step | steps |",
+                  "personalization fine-tune:", "", "| method | first step | last step | steps (mean) |",
                   "|---|---|---|---|"]
         for m in METHODS:
             if curve[m]:
-                lines.append(f"| {LABEL[m]} | {st.mean(a for a, _ in curve[m]):.4g} | "
-                             f"{st.mean(b for _, b in curve[m]):.4g} | |")
+                lines.append(f"| {LABEL[m]} | {st.mean(c[0] for c in curve[m]):.4g} | "
+                             f"{st.mean(c[1] for c in curve[m]):.4g} | "
+                             f"{st.mean(c[2] for c in curve[m]):.3g} |")
         lines.append("")
     return lines
 
