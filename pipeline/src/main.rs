@@ -12,6 +12,8 @@ use pipeline::cli::{commands, export, tools};
 use pipeline::engine::executor::{self, RunOptions};
 use pipeline::engine::manifest::Manifest;
 use pipeline::engine::registry::Registry;
+use pipeline::engine::resources::Resources;
+use pipeline::engine::slurm::SlurmOptions;
 use pipeline::{kinds, PipelineError};
 
 #[derive(Parser)]
@@ -28,6 +30,84 @@ struct ManifestArgs {
     /// Use this working directory instead of the manifest's `workdir`.
     #[arg(long, value_name = "DIR")]
     workdir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExecutorKind {
+    /// Threads of this process (`-j N`).
+    Local,
+    /// One Slurm job (or job-array task) per instance on the shared workdir.
+    Slurm,
+}
+
+#[derive(clap::Args, Clone)]
+#[command(next_help_heading = "Cluster (--executor slurm)")]
+struct ClusterArgs {
+    /// Where instances run.
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Local)]
+    executor: ExecutorKind,
+    /// Slurm partition to submit to.
+    #[arg(long, value_name = "P")]
+    partition: Option<String>,
+    /// Slurm account to charge.
+    #[arg(long, value_name = "A")]
+    account: Option<String>,
+    /// Jobs (array tasks included) queued or running at once.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    max_jobs: usize,
+    /// Resubmissions of an instance whose job failed, was cancelled, timed out or was preempted.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    retries: u32,
+    /// Seconds between two `squeue` polls.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    poll: f64,
+    /// Seconds a job may be gone from the queue before its missing result counts as lost
+    /// (a network filesystem may show a job's commit late).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    grace: f64,
+    /// CPUs per instance, for every stage (overrides the manifest's `resources`).
+    #[arg(long, value_name = "N")]
+    cpus: Option<u32>,
+    /// Memory per instance (Slurm syntax: 8G, 512M), for every stage.
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<String>,
+    /// GPUs per instance, for every stage.
+    #[arg(long, value_name = "N")]
+    gpus: Option<u32>,
+    /// Time limit per instance (Slurm syntax: 4:00:00, 1-00:00:00), for every stage.
+    #[arg(long, value_name = "LIMIT")]
+    time: Option<String>,
+}
+
+impl ClusterArgs {
+    fn executor(&self) -> Result<executor::Executor, PipelineError> {
+        let secs = |v: f64, flag: &str| {
+            if v.is_finite() && v > 0.0 {
+                Ok(std::time::Duration::from_secs_f64(v))
+            } else {
+                Err(PipelineError::Usage(format!(
+                    "--{flag} must be a positive number of seconds"
+                )))
+            }
+        };
+        Ok(match self.executor {
+            ExecutorKind::Local => executor::Executor::Local,
+            ExecutorKind::Slurm => executor::Executor::Slurm(SlurmOptions {
+                partition: self.partition.clone(),
+                account: self.account.clone(),
+                max_jobs: self.max_jobs,
+                retries: self.retries,
+                poll: secs(self.poll, "poll")?,
+                grace: secs(self.grace, "grace")?,
+                resources: Resources {
+                    cpus: self.cpus,
+                    mem: self.mem.clone(),
+                    gpus: self.gpus,
+                    time: self.time.clone(),
+                },
+            }),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -54,6 +134,18 @@ enum Command {
         /// No per-instance lines or bars, only the summary.
         #[arg(short, long)]
         quiet: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Run one instance by its cache key (what a Slurm job of `run --executor slurm` runs).
+    ExecInstance {
+        #[command(flatten)]
+        m: ManifestArgs,
+        /// The instance's cache key.
+        key: String,
+        /// Replace the instance's cached entry (its checkpoint is kept: the driver discards it).
+        #[arg(long)]
+        force: bool,
     },
     /// State of every stage instance: done, stale (and why), missing, failed.
     Status {
@@ -195,6 +287,8 @@ fn load(m: &ManifestArgs, registry: &Registry) -> Result<Manifest, PipelineError
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: it writes the environment (see `stages::cpu_threads`).
+    stages::cpu_threads::pin();
     // FedL2P's second-order gradient workers must start while this is the only thread (see
     // `stages::second_order`); a failure is kept and reported by the stage that needs them.
     let _ = stages::second_order::init();
@@ -224,9 +318,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             jobs,
             keep_going,
             quiet,
+            cluster,
         } => {
             let manifest = load(&m, &registry)?;
+            let executor = cluster.executor()?;
             let opts = RunOptions {
+                executor,
                 jobs,
                 keep_going,
                 stages,
@@ -250,6 +347,31 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = writeln!(stdout, "{}", summary.line());
             if summary.failed > 0 {
                 return Ok(ExitCode::from(1));
+            }
+        }
+        Command::ExecInstance { m, key, force } => {
+            use pipeline::engine::exec_instance::{exec_instance, ExecResult};
+            let manifest = load(&m, &registry)?;
+            match exec_instance(&manifest, &registry, &key, force)? {
+                ExecResult::Done => eprintln!("done {key}"),
+                ExecResult::AlreadyDone => {
+                    eprintln!("{key} is already in the store; nothing to do")
+                }
+                ExecResult::Busy(h) => {
+                    eprintln!(
+                        "{key} is being run by pid {} on {}{} since {}; this job leaves it to them",
+                        h.pid,
+                        h.host,
+                        h.job
+                            .map(|j| format!(" (slurm job {j})"))
+                            .unwrap_or_default(),
+                        h.since
+                    );
+                }
+                ExecResult::Failed(e) => {
+                    eprintln!("error: {key}: {e}");
+                    return Ok(ExitCode::from(1));
+                }
             }
         }
         Command::Status { m, json } => {

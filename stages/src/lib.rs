@@ -6,6 +6,7 @@
 //! Every random draw takes a seed derived with [`rng::derive_seed`].
 
 pub mod client_state;
+pub mod cpu_threads;
 pub mod fedl2p;
 /// The device type of every tensor, for callers that only pass devices through.
 pub use candle_core::Device;

@@ -16,7 +16,7 @@ use crate::engine::store::Store;
 pub struct InstanceStatus {
     pub stage: String,
     pub instance: String,
-    /// done | stale | missing | failed
+    /// done | stale | missing | failed | queued | running (a Slurm job, as its driver last saw it)
     pub state: String,
     pub key: Option<String>,
     pub reason: String,
@@ -25,9 +25,15 @@ pub struct InstanceStatus {
 pub fn status(manifest: &Manifest, registry: &Registry) -> Result<Vec<InstanceStatus>> {
     let store = Store::new(&manifest.workdir);
     let plan = Plan::build(manifest, registry, &store, &mut DigestCache::default())?;
+    let jobs = crate::engine::slurm::jobs::JobsFile::load(&manifest.workdir);
     let mut out = Vec::with_capacity(plan.instances.len());
     for inst in &plan.instances {
         let previous = store.read_index(&inst.id);
+        let job = inst
+            .key
+            .as_ref()
+            .and_then(|k| jobs.jobs.get(k))
+            .filter(|r| r.state != "ENDED" && inst.state != State::Done);
         let waiting_on = || {
             let names: BTreeSet<&str> = inst
                 .deps
@@ -38,6 +44,24 @@ pub fn status(manifest: &Manifest, registry: &Registry) -> Result<Vec<InstanceSt
             names.into_iter().collect::<Vec<_>>().join(", ")
         };
         let (state, reason) = match inst.state {
+            _ if job.is_some() => {
+                let r = job.expect("checked");
+                let what = if r.state == "RUNNING" {
+                    "running"
+                } else {
+                    "queued"
+                };
+                (
+                    what,
+                    format!(
+                        "slurm job {} {}, attempt {}, log {}",
+                        r.job,
+                        r.state,
+                        r.attempt,
+                        r.log.display()
+                    ),
+                )
+            }
             State::Done => ("done", String::new()),
             State::Failed => {
                 let key = inst.key.as_deref().expect("failed has key");

@@ -1,20 +1,28 @@
-//! Runs a plan: waves of ready instances on `-j N` worker threads, each instance in its own
-//! temporary directory that is committed to the store only when the stage succeeds.
+//! Runs a plan: waves of ready instances handed to an executor backend (`backend::Local`'s
+//! `-j N` threads or `slurm::Slurm`'s cluster jobs), each instance in its own temporary
+//! directory that is committed to the store only when the stage succeeds.
 
 use std::collections::BTreeSet;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
 
-use super::context::StageContext;
+use super::backend::{Backend, Local, Wave};
 use super::error::{PipelineError, Result};
-use super::lock::{hostname, WorkdirLock};
+use super::lock::WorkdirLock;
 use super::manifest::Manifest;
 use super::plan::{DigestCache, Plan, State};
 use super::progress::Reporter;
 use super::registry::Registry;
-use super::store::{IndexEntry, Meta, Store};
+use super::slurm::{Slurm, SlurmOptions};
+use super::store::Store;
+
+/// Which backend runs the instances.
+#[derive(Debug, Clone, Default)]
+pub enum Executor {
+    /// Threads of this process (`-j N`).
+    #[default]
+    Local,
+    /// One Slurm job (or job-array task) per instance, on the shared workdir.
+    Slurm(SlurmOptions),
+}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -26,6 +34,7 @@ pub struct RunOptions {
     pub force: bool,
     pub dry_run: bool,
     pub quiet: bool,
+    pub executor: Executor,
 }
 
 impl Default for RunOptions {
@@ -37,6 +46,7 @@ impl Default for RunOptions {
             force: false,
             dry_run: false,
             quiet: true,
+            executor: Executor::Local,
         }
     }
 }
@@ -134,6 +144,10 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
         super::preflight::check(manifest, registry, &plan, &selected, &forced)?;
     }
 
+    let backend: Box<dyn Backend> = match &opts.executor {
+        Executor::Local => Box::new(Local),
+        Executor::Slurm(o) => Box::new(Slurm::new(manifest, o.clone(), running.clone())?),
+    };
     let mut summary = RunSummary::default();
     let mut attempted: BTreeSet<String> = BTreeSet::new();
     let reporter = Reporter::new(0, opts.quiet);
@@ -172,9 +186,17 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
         for &n in &runnable {
             attempted.insert(plan.instances[n].key.clone().expect("runnable has key"));
         }
-        let outcomes = run_wave(
-            manifest, registry, &store, &plan, &runnable, &forced, opts, &reporter, &running,
-        );
+        let outcomes = backend.run_wave(&Wave {
+            manifest,
+            registry,
+            store: &store,
+            plan: &plan,
+            runnable: &runnable,
+            forced: &forced,
+            opts,
+            reporter: &reporter,
+            running: &running,
+        });
         let mut wave_failed = false;
         for (n, outcome) in outcomes {
             let id = plan.instances[n].id.clone();
@@ -210,171 +232,6 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
         }
     }
     Ok(summary)
-}
-
-type Outcome = std::result::Result<(), String>;
-
-#[allow(clippy::too_many_arguments)]
-fn run_wave(
-    manifest: &Manifest,
-    registry: &Registry,
-    store: &Store,
-    plan: &Plan,
-    runnable: &[usize],
-    forced: &BTreeSet<String>,
-    opts: &RunOptions,
-    reporter: &Reporter,
-    running: &super::interrupt::Running,
-) -> Vec<(usize, Outcome)> {
-    let queue = Mutex::new(runnable.iter().rev().copied().collect::<Vec<_>>());
-    let results = Mutex::new(Vec::new());
-    let stop = AtomicBool::new(false);
-    let workers = opts.jobs.min(runnable.len()).max(1);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Some(n) = queue.lock().expect("queue lock").pop() else {
-                    break;
-                };
-                let inst = &plan.instances[n];
-                running
-                    .lock()
-                    .expect("running lock")
-                    .insert(inst.id.clone());
-                let progress = reporter.instance_started(&inst.id);
-                let t0 = Instant::now();
-                let replace = forced.contains(&inst.stage);
-                let outcome = execute(
-                    manifest,
-                    registry,
-                    store,
-                    plan,
-                    n,
-                    replace,
-                    workers,
-                    progress.clone(),
-                );
-                running.lock().expect("running lock").remove(&inst.id);
-                let secs = t0.elapsed().as_secs_f64();
-                match &outcome {
-                    Ok(()) => reporter.instance_finished(&inst.id, "done", secs, progress),
-                    Err(e) => {
-                        reporter.instance_finished(&inst.id, "FAILED", secs, progress);
-                        reporter.line(&format!("       {}: {e}", inst.id));
-                        if !opts.keep_going {
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                    }
-                }
-                results.lock().expect("results lock").push((n, outcome));
-            });
-        }
-    });
-    results.into_inner().expect("results lock")
-}
-
-/// Runs one instance to completion (committed) or failure (recorded); never panics.
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    manifest: &Manifest,
-    registry: &Registry,
-    store: &Store,
-    plan: &Plan,
-    n: usize,
-    replace: bool,
-    workers: usize,
-    progress: super::progress::StageProgress,
-) -> Outcome {
-    let inst = &plan.instances[n];
-    let key = inst.key.clone().expect("runnable has key");
-    let comps = inst.components.clone().expect("runnable has components");
-    let kind = registry.get(&inst.kind).expect("validated");
-    if replace {
-        // `--force` means from scratch: an interrupted attempt's progress is not reused.
-        store.discard_checkpoint(&key).map_err(|e| e.to_string())?;
-    }
-    let attempt = store.new_attempt(&key).map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(attempt.join("log.txt")).ok();
-    if workers == 1 {
-        reset_peak_rss();
-    }
-    let start_time = super::timefmt::now_rfc3339();
-    let t0 = Instant::now();
-    let mut ctx = StageContext {
-        stage: inst.stage.clone(),
-        kind: inst.kind.clone(),
-        instance: inst.id.clone(),
-        key: key.clone(),
-        combo: inst.combo.clone(),
-        params: inst.params.clone(),
-        run_seed: inst.run_seed,
-        device: comps.device.clone(),
-        data_root: manifest.data_root.clone(),
-        inputs: plan.inputs_of(n, store),
-        out_dir: attempt.join("out"),
-        checkpoint_dir: store.checkpoint_dir(&key),
-        log,
-        progress,
-        resumed: false,
-    };
-    ctx.log(&format!("running {} ({}) key {key}", inst.id, inst.kind));
-    let result = match catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx))) {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(panic) => Err(format!(
-            "stage panicked: {}",
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into())
-        )),
-    };
-    if let Err(e) = &result {
-        ctx.log(&format!("error: {e}"));
-    }
-    let resumed = ctx.resumed;
-    drop(ctx);
-    let mut meta = Meta {
-        key: key.clone(),
-        stage: inst.stage.clone(),
-        instance: inst.id.clone(),
-        components: comps.clone(),
-        outputs: Default::default(),
-        output_digest: String::new(),
-        start_time,
-        end_time: super::timefmt::now_rfc3339(),
-        wall_seconds: t0.elapsed().as_secs_f64(),
-        peak_rss_bytes: peak_rss_bytes(),
-        host: hostname(),
-        pid: std::process::id(),
-        exit_status: if result.is_ok() { "ok" } else { "failed" }.into(),
-        error: result.as_ref().err().cloned(),
-        resumed,
-    };
-    match result {
-        Ok(()) => {
-            store
-                .commit(&attempt, &mut meta, replace)
-                .map_err(|e| e.to_string())?;
-            store
-                .write_index(&IndexEntry {
-                    instance: inst.id.clone(),
-                    key,
-                    components: comps,
-                })
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        }
-        Err(e) => {
-            store
-                .record_failure(&attempt, &meta)
-                .map_err(|re| format!("{e} (and recording the failure failed: {re})"))?;
-            Err(e)
-        }
-    }
 }
 
 fn print_dry_run(
@@ -413,30 +270,4 @@ fn print_dry_run(
         out,
         "dry run: {run} to run now, {later} after their inputs, {cached} cached"
     )
-}
-
-/// Resets the kernel's peak-RSS counter so the next reading is this instance's own peak. First
-/// hands the heap memory earlier instances freed back to the OS: glibc keeps it resident in its
-/// arenas (FedL2P's worker threads' among them), and every later instance would report it.
-fn reset_peak_rss() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident memory of this process (VmHWM), in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -14,6 +14,20 @@ use signal_hook::iterator::{Handle, Signals};
 
 /// Instance ids being executed right now, kept by the executor.
 pub type Running = Arc<Mutex<BTreeSet<String>>>;
+
+/// What a backend must undo before the process exits on a signal (the Slurm backend cancels
+/// its jobs).
+type Cleanup = Box<dyn Fn() + Send + Sync>;
+
+fn cleanup() -> &'static Mutex<Option<Cleanup>> {
+    static CLEANUP: OnceLock<Mutex<Option<Cleanup>>> = OnceLock::new();
+    CLEANUP.get_or_init(|| Mutex::new(None))
+}
+
+/// Sets the action run on SIGINT/SIGTERM before the lock is released (replacing an earlier one).
+pub fn set_cleanup(f: Cleanup) {
+    *cleanup().lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+}
 
 /// Catches the signals while alive; dropping it stops the watcher thread.
 pub struct InterruptGuard {
@@ -33,6 +47,9 @@ pub fn install(lock: PathBuf, running: Running) -> std::io::Result<InterruptGuar
                 Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
             };
             eprintln!("{}", message(signal, &ids));
+            if let Some(f) = cleanup().lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                f();
+            }
             let _ = std::fs::remove_file(&lock);
             std::process::exit(128 + signal);
         }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::error::{PipelineError, Result};
 use super::registry::Registry;
+use super::resources::Resources;
 use super::spec::{DeviceSpec, MatrixAxis, StageSpec, DATA_ROOT_ENV};
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +36,8 @@ struct RawStage {
     params: Option<Value>,
     #[serde(default)]
     matrix: BTreeMap<String, Value>,
+    #[serde(default)]
+    resources: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +168,17 @@ impl Manifest {
                 }
                 matrix.insert(key, axis);
             }
+            let resources = match rs.resources {
+                None | Some(Value::Null) => Resources::default(),
+                Some(v) => {
+                    let at = source.stage_field(&name, "resources").or(line);
+                    let r: Resources = serde_json::from_value(v)
+                        .map_err(|e| err(at, format!("stage `{name}`: field `resources`: {e}")))?;
+                    r.check()
+                        .map_err(|m| err(at, format!("stage `{name}`: field `resources`: {m}")))?;
+                    r
+                }
+            };
             stages.insert(
                 name.clone(),
                 StageSpec {
@@ -173,6 +187,7 @@ impl Manifest {
                     needs: rs.needs,
                     params,
                     matrix,
+                    resources,
                 },
             );
         }

@@ -3,11 +3,14 @@
 //! sees while it runs, the stage-kind registry and the executor. It knows no stage kind and no
 //! report: kinds plug in through [`registry::StageKind`].
 
+pub mod backend;
 pub mod checkpoint;
 pub mod context;
 pub mod dag;
 pub mod error;
+pub mod exec_instance;
 pub mod executor;
+pub mod instance;
 pub mod interrupt;
 pub mod key;
 pub mod kind_params;
@@ -19,6 +22,8 @@ pub mod preflight;
 pub mod progress;
 pub mod registry;
 pub mod repair;
+pub mod resources;
+pub mod slurm;
 pub mod spec;
 pub mod store;
 pub mod timefmt;

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::context::{InputArtifact, StageContext};
 pub use super::error::StageError;
 pub use super::kind_params::{require_positive, typed_params, ParamError};
+pub use super::resources::Resources;
 
 /// Everything a kind may look at to enumerate `matrix: {key: all}` values or external files.
 pub struct PlanInputs<'a> {
@@ -57,6 +58,11 @@ pub trait StageKind: Send + Sync {
         _data_root: Option<&std::path::Path>,
     ) -> Result<(), ParamError> {
         Ok(())
+    }
+    /// What one instance asks a cluster for when the manifest and command line say nothing
+    /// (`engine::resources`); a light default, which the model kinds raise.
+    fn default_resources(&self) -> Resources {
+        Resources::new(1, "4G", "1:00:00")
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError>;
 }

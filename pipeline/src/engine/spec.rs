@@ -25,6 +25,8 @@ pub struct StageSpec {
     /// Always a JSON object.
     pub params: serde_json::Map<String, Value>,
     pub matrix: BTreeMap<String, MatrixAxis>,
+    /// The manifest's `resources:` for this stage (cluster backends; never part of a key).
+    pub resources: super::resources::Resources,
 }
 
 /// Compute device requested by the manifest.

@@ -219,7 +219,11 @@ impl Store {
             let name = e.file_name().to_string_lossy().to_string();
             let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
             let alive = pid.is_some_and(|p| p == std::process::id() || super::lock::pid_alive(p));
-            if !alive || name.starts_with("replaced.") {
+            // An instance lock means a job (perhaps on another host, where this pid means
+            // nothing) owns the attempt; the Slurm driver removes locks of jobs that ended.
+            let key = name.split('.').next().unwrap_or_default();
+            let owned = !key.is_empty() && super::lock::key_lock_path(&self.workdir, key).exists();
+            if (!alive && !owned) || name.starts_with("replaced.") {
                 // Anything not ours (a stray file included) goes: tmp/ is private scratch.
                 remove_any(&e.path())?;
             }

@@ -299,6 +299,10 @@ impl StageKind for FedAvgKind {
         // 3: every client's local training clips the gradient norm at 1.0 (HF Trainer default).
         3
     }
+    fn default_resources(&self) -> crate::engine::resources::Resources {
+        // Model training across rounds: the longest kinds.
+        crate::engine::resources::Resources::new(4, "16G", "2-00:00:00")
+    }
     fn describe(&self) -> &'static str {
         self.describe
     }
@@ -378,6 +382,10 @@ impl StageKind for FedDpaKind {
     fn version(&self) -> u32 {
         // 3: every client's local training clips the gradient norm at 1.0 (HF Trainer default).
         3
+    }
+    fn default_resources(&self) -> crate::engine::resources::Resources {
+        // Model training across rounds: the longest kinds.
+        crate::engine::resources::Resources::new(4, "16G", "2-00:00:00")
     }
     fn describe(&self) -> &'static str {
         "FedDPA-T: global + per-client local LoRA (r8 α8, q,v) on a BERT classifier"
@@ -544,6 +552,10 @@ impl StageKind for PretrainedKind {
     }
     fn version(&self) -> u32 {
         2
+    }
+    fn default_resources(&self) -> crate::engine::resources::Resources {
+        // Model training across rounds: the longest kinds.
+        crate::engine::resources::Resources::new(4, "16G", "2-00:00:00")
     }
     fn describe(&self) -> &'static str {
         "the pretrained model off the shelf, in HF layout"

@@ -44,6 +44,9 @@ impl StageKind for Stage1Kind {
         // 3: FedP2EFT's shared A seed, the reference's fixed Trainer seed, λ gradients summed.
         3
     }
+    fn default_resources(&self) -> crate::engine::resources::Resources {
+        crate::engine::resources::Resources::new(2, "8G", "4:00:00")
+    }
     fn describe(&self) -> &'static str {
         "BayesTune-LoRA Stage 1 on one client (λ init 1e-4), once for all budgets"
     }

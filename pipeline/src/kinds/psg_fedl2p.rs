@@ -249,6 +249,10 @@ impl StageKind for Fedl2pKind {
         // 2: A from the shared LoRA seed (recorded), fine-tunes clipped at 1.0.
         2
     }
+    fn default_resources(&self) -> crate::engine::resources::Resources {
+        // Model training across rounds: the longest kinds.
+        crate::engine::resources::Resources::new(4, "16G", "2-00:00:00")
+    }
     fn describe(&self) -> &'static str {
         "FedL2P: federated bi-level training of the per-matrix learning-rate network for one budget"
     }

@@ -69,6 +69,10 @@ impl StageKind for FedP2eftKind {
         // 4: diagnostics.csv (the PSG's λ against the Stage-1 λ, per round).
         4
     }
+    fn default_resources(&self) -> crate::engine::resources::Resources {
+        // Model training across rounds: the longest kinds.
+        crate::engine::resources::Resources::new(4, "16G", "2-00:00:00")
+    }
     fn describe(&self) -> &'static str {
         "FedP2EFT: federated training of the PS generator (Stage 1 BayesTune + Stage 2 regression)"
     }

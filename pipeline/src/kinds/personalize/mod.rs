@@ -93,6 +93,9 @@ impl StageKind for PersonalizeKind {
         // 6: curve.csv (loss per step) and updates.csv (‖ΔW‖ per module).
         6
     }
+    fn default_resources(&self) -> crate::engine::resources::Resources {
+        crate::engine::resources::Resources::new(2, "8G", "4:00:00")
+    }
     fn describe(&self) -> &'static str {
         "personalize a base model on one client (lora, adalora, bayestune_lora, fedl2p, fedp2eft) and score its test split"
     }
