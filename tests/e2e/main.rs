@@ -9,5 +9,6 @@ mod manifest_errors;
 mod personalize;
 mod preflight;
 mod psg;
+mod slurm;
 mod tools;
 mod util;
