@@ -31,6 +31,8 @@ const CASES: &[(&str, &str, Option<usize>)] = &[
     ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t, item: {k: 1, k: 2}}\n", "key `k` appears twice in one mapping (first at line 7)", Some(6)),
     ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/rounds\n    params:\n      rounds: 2\n      sleep_ms: soon\n", "field `sleep_ms`: invalid type: string \"soon\"", Some(8)),
     ("name: x\nseed: 1\ndevice: cuda:0\nstages:\n  a: {kind: test/write, params: {text: t}}\n", "no CUDA support", Some(3)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n    resources: {cpus: 2, mem: 8GB}\n", "field `resources`: `mem` \"8GB\" is not a size", Some(7)),
+    ("name: x\nseed: 1\nstages:\n  a:\n    kind: test/write\n    params: {text: t}\n    resources: {cores: 2}\n", "field `resources`: unknown field `cores`", Some(7)),
 ];
 
 #[test]
