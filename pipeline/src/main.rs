@@ -14,6 +14,8 @@ use pipeline::engine::manifest::Manifest;
 use pipeline::engine::registry::Registry;
 use pipeline::engine::resources::Resources;
 use pipeline::engine::slurm::SlurmOptions;
+use pipeline::fetch::FetchConfig;
+use pipeline::kinds::inputs;
 use pipeline::{kinds, PipelineError};
 
 #[derive(Parser)]
@@ -136,6 +138,21 @@ enum Command {
         quiet: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
+    },
+    /// Fetch every input the manifest names (Hugging Face models) into the standard HF cache,
+    /// verified against `manifests/<name>.lock`, which it writes or updates.
+    Fetch {
+        #[command(flatten)]
+        m: ManifestArgs,
+        /// Resolve branches and tags again and rewrite the lock.
+        #[arg(long)]
+        update: bool,
+        /// Also write an offline mirror (for FEDP2EFT_MIRROR or `mirror:`) into DIR.
+        #[arg(long, value_name = "DIR")]
+        mirror_out: Option<PathBuf>,
+        /// No bars.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Run one instance by its cache key (what a Slurm job of `run --executor slurm` runs).
     ExecInstance {
@@ -282,8 +299,22 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The manifest with its fetched inputs as the lock file records them (nothing downloaded).
 fn load(m: &ManifestArgs, registry: &Registry) -> Result<Manifest, PipelineError> {
-    Manifest::load(&m.manifest, registry, m.workdir.as_deref())
+    let mut manifest = Manifest::load(&m.manifest, registry, m.workdir.as_deref())?;
+    inputs::resolve(&mut manifest, inputs::Mode::LockOnly)?;
+    Ok(manifest)
+}
+
+/// The manifest with its inputs fetched where missing (and the lock written).
+fn load_fetched(
+    m: &ManifestArgs,
+    registry: &Registry,
+    cfg: FetchConfig,
+) -> Result<(Manifest, inputs::Resolved), PipelineError> {
+    let mut manifest = Manifest::load(&m.manifest, registry, m.workdir.as_deref())?;
+    let resolved = inputs::resolve(&mut manifest, inputs::Mode::Fetch(Box::new(cfg)))?;
+    Ok((manifest, resolved))
 }
 
 fn main() -> ExitCode {
@@ -320,7 +351,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             quiet,
             cluster,
         } => {
-            let manifest = load(&m, &registry)?;
+            // A dry run downloads nothing; a run fetches what is missing before preflight.
+            let manifest = if dry_run {
+                load(&m, &registry)?
+            } else {
+                let cfg = FetchConfig {
+                    quiet,
+                    ..FetchConfig::from_env()
+                };
+                load_fetched(&m, &registry, cfg)?.0
+            };
             let executor = cluster.executor()?;
             let opts = RunOptions {
                 executor,
@@ -347,6 +387,34 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = writeln!(stdout, "{}", summary.line());
             if summary.failed > 0 {
                 return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Fetch {
+            m,
+            update,
+            mirror_out,
+            quiet,
+        } => {
+            let cfg = FetchConfig {
+                update,
+                mirror_out,
+                quiet,
+                ..FetchConfig::from_env()
+            };
+            let (manifest, resolved) = load_fetched(&m, &registry, cfg)?;
+            let lock = pipeline::fetch::lock_path(&manifest.path);
+            for (id, l) in &resolved.inputs {
+                let bytes: u64 = l.files.iter().map(|f| f.size).sum();
+                println!(
+                    "{id} -> {} ({} files, {bytes} bytes)",
+                    l.commit,
+                    l.files.len()
+                );
+            }
+            if resolved.inputs.is_empty() {
+                println!("{}: no inputs to fetch", manifest.path.display());
+            } else {
+                println!("locked in {}", lock.display());
             }
         }
         Command::ExecInstance { m, key, force } => {

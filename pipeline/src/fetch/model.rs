@@ -210,7 +210,7 @@ impl Fetcher {
         {
             return Ok(snapshot.to_path_buf());
         }
-        let out = self.cfg.imported.join(repo.replace('/', "--")).join(commit);
+        let out = imported_dir(&self.cfg, repo, commit);
         if out.join("model.safetensors").is_file() {
             return Ok(out);
         }
@@ -227,6 +227,23 @@ impl Fetcher {
         })?;
         Ok(out)
     }
+}
+
+/// Where the import of a PyTorch-only repo at `commit` lives.
+pub fn imported_dir(cfg: &super::FetchConfig, repo: &str, commit: &str) -> PathBuf {
+    cfg.imported.join(repo.replace('/', "--")).join(commit)
+}
+
+/// The directory a fetched model is read from, found without the network: its import when the
+/// snapshot has no safetensors weights and one was made, else the snapshot.
+pub fn local_dir(cfg: &super::FetchConfig, repo: &str, commit: &str) -> PathBuf {
+    let snapshot = cfg.hub.snapshot(repo, commit);
+    let imported = imported_dir(cfg, repo, commit);
+    if !snapshot.join("model.safetensors").is_file() && imported.join("model.safetensors").is_file()
+    {
+        return imported;
+    }
+    snapshot
 }
 
 fn locked_repo_file(f: &LockedFile) -> RepoFile {

@@ -238,6 +238,7 @@ fn check_model(m: &ModelSource, task: &TaskOptions) -> Result<(), ParamError> {
                 return bad("tiny_llama.layers and tiny_llama.intermediate must be ≥ 1 and tiny_llama.vocab_size ≥ 270 (256 bytes + specials)".into());
             }
         }
+        ModelSource::Hf(h) => super::model_dir::check_hf(h)?,
         ModelSource::Dir(_) => {}
     }
     task.check()
@@ -494,8 +495,9 @@ fn prepare(
     let kind = pool.task().kind;
     let setup = p.task.setup(pool, p.prompt);
     let head_seed = ctx.shared_seed(&["classifier".into()]);
-    let mut model = build_task_model(&p.model, &setup, head_seed, || train_texts(pool), &device)
-        .map_err(err)?;
+    let source = super::model_dir::local(&p.model)?;
+    let mut model =
+        build_task_model(&source, &setup, head_seed, || train_texts(pool), &device).map_err(err)?;
     if let Some(f) = p
         .frozen
         .iter()
@@ -576,7 +578,7 @@ impl StageKind for PretrainedKind {
         let out = ctx.out_dir().join("model");
         let pool = seen_pool(ctx)?;
         let kind = pool.task().kind;
-        match &p.model {
+        match &super::model_dir::local(&p.model)? {
             ModelSource::Dir(dir) if kind == TaskKind::Classification => {
                 copy_model_dir(dir, &out).map_err(err)?
             }

@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod base;
 pub mod base_cache;
 pub mod client_base;
+pub mod inputs;
 pub mod lambda_bayestune;
 pub mod model_dir;
 pub mod partition;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use stages::task::ModelSource;
+use stages::task::{HfModel, ModelSource};
 
 use crate::engine::registry::{ParamError, StageError};
 
@@ -50,13 +50,71 @@ pub fn files(m: &ModelSource) -> Result<Vec<PathBuf>, StageError> {
     Ok(files)
 }
 
+/// The source the stages read: an `hf:` model becomes its snapshot directory in the Hub cache
+/// (where `pipeline fetch` / `pipeline run` put it); the others are themselves.
+pub fn local(model: &ModelSource) -> Result<ModelSource, StageError> {
+    match model {
+        ModelSource::Hf(h) => hf_dir(h).map(ModelSource::Dir),
+        other => Ok(other.clone()),
+    }
+}
+
+fn hf_dir(h: &HfModel) -> Result<PathBuf, StageError> {
+    let locked = h.locked.as_ref().ok_or_else(|| {
+        StageError::msg(format!(
+            "model {}@{} is not in the lock file; run `pipeline fetch MANIFEST`",
+            h.hf, h.revision
+        ))
+    })?;
+    let cfg = crate::fetch::FetchConfig::from_env();
+    Ok(crate::fetch::model::local_dir(&cfg, &h.hf, &locked.commit))
+}
+
+/// `ORG/NAME` and a revision (branch, tag or commit) that can go into a URL path.
+pub fn check_hf(h: &HfModel) -> Result<(), ParamError> {
+    let bad = |message: String| Err(ParamError::new(Some("model"), message));
+    let part = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match h.hf.split_once('/') {
+        Some((org, name)) if part(org) && part(name) => {}
+        _ => return bad(format!("hf: {:?} must be ORG/NAME", h.hf)),
+    }
+    let rev_ok = h.revision.split('/').all(part);
+    if !rev_ok {
+        return bad(format!(
+            "revision: {:?} is not a branch, tag or 40-hex commit (letters, digits, '-', '_', '.', '/')",
+            h.revision
+        ));
+    }
+    Ok(())
+}
+
 /// Ok for generated (`tiny`) models and for a directory that passes
-/// [`stages::model::hf_layout::check_dir`].
+/// [`stages::model::hf_layout::check_dir`]; an `hf:` model must have been fetched.
 pub fn check(model: &ModelSource) -> Result<(), ParamError> {
+    let bad = |message: String| Err(ParamError::new(Some("model"), message));
+    if let ModelSource::Hf(h) = model {
+        let dir = match hf_dir(h) {
+            Ok(d) => d,
+            Err(e) => return bad(e.to_string()),
+        };
+        return stages::model::hf_layout::check_dir(&dir).or_else(|e| {
+            bad(format!(
+                "model {}@{} ({}): {e}; `pipeline fetch MANIFEST` fetches it again",
+                h.hf,
+                h.revision,
+                dir.display()
+            ))
+        });
+    }
     let ModelSource::Dir(dir) = model else {
         return Ok(());
     };
-    let bad = |message: String| Err(ParamError::new(Some("model"), message));
     if !dir.is_dir() {
         return bad(format!(
             "model directory {} not found; {}",

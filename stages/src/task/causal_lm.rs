@@ -151,6 +151,7 @@ pub fn build_causal_lm(
                     .map_err(invalid)?;
                 (config, tensors, raw)
             }
+            ModelSource::Hf(h) => return Err(super::classifier::unresolved(h)),
             ModelSource::Tiny(_) => return Err(invalid(
                 "`tiny` builds a BERT classifier; a generation dataset needs `tiny_llama` or `dir`",
             )),

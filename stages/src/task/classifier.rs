@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use datasets::Example;
 
 use super::error::{ModelError, Result};
-use super::source::ModelSource;
+use super::source::{HfModel, ModelSource};
 use crate::model::bert::{
     ensure_classifier, ensure_pooler, load_pretrained, predictions, random_init, BertConfig,
     BertForSequenceClassification, BertInput,
@@ -19,6 +19,14 @@ use crate::model::hf_layout::write_model_dir;
 use crate::params::ParamStore;
 use crate::peft::layer::ForwardCtx;
 use crate::tokenize::{train_wordpiece, PaddingSide, TextTokenizer};
+
+/// The pipeline resolves `hf:` sources to their snapshot directory before a stage runs.
+pub(crate) fn unresolved(h: &HfModel) -> ModelError {
+    ModelError::Invalid(format!(
+        "model {}@{} was not resolved to a directory (the pipeline fetches it first)",
+        h.hf, h.revision
+    ))
+}
 
 /// A classifier ready to train: config (with `id2label`), every parameter trainable, the
 /// tokenizer and its `tokenizer.json` text (saved unchanged with the model).
@@ -75,6 +83,7 @@ pub fn build_classifier(
             let store = random_init(&cfg, labels.len(), t.seed, device, DType::F32)?;
             (cfg, store, json)
         }
+        ModelSource::Hf(h) => return Err(unresolved(h)),
         ModelSource::TinyLlama(_) => {
             return Err(ModelError::Invalid(
                 "`tiny_llama` builds a causal LM; a classification dataset needs `tiny` or a BERT `dir`"

@@ -22,7 +22,9 @@ pub use classifier::{
     build_classifier, classifier_batch, save_classifier, ClassifierBatch, ClassifierModel,
 };
 pub use error::{ModelError, Result};
-pub use source::{device_from_name, ModelSource, TinyBert, TinyLlama, WeightDtype};
+pub use source::{
+    device_from_name, HfLocked, HfModel, ModelSource, TinyBert, TinyLlama, WeightDtype,
+};
 
 use crate::model::bert::{BertForSequenceClassification, BertInput};
 use crate::model::llama::{causal_lm_loss_sum, llama_linear_modules, LlamaForCausalLM};
@@ -332,6 +334,9 @@ pub fn copy_model_dir(src: &Path, out: &Path) -> Result<()> {
                 from.display()
             )));
         }
+        // Hub cache snapshots are symlinks into `blobs/`: link the blob, not the (relative)
+        // symlink, which would dangle in `out`.
+        let from = std::fs::canonicalize(&from).unwrap_or(from);
         if std::fs::hard_link(&from, &to).is_err() {
             std::fs::copy(&from, &to).map_err(|source| ModelError::Io {
                 path: to.clone(),

@@ -33,14 +33,81 @@ pub struct TinyLlama {
     pub seed: u64,
 }
 
-/// Where the starting model comes from: `{dir: PATH}` (BERT or LLaMA, by `config.json`'s
-/// `model_type`), `{tiny: {...}}` (BERT classifier) or `{tiny_llama: {...}}` (causal LM).
+/// A Hugging Face repo at a revision (`model: {hf: ORG/NAME, revision: REV}`). This crate only
+/// holds the name: the pipeline fetches it, records what it resolved to in `locked` (so the
+/// commit and file digests are part of the instance's parameters, hence its cache key) and
+/// hands the stages the snapshot as a [`ModelSource::Dir`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct HfModel {
+    pub hf: String,
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    /// Filled by the pipeline from its lock file, never written in a manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked: Option<HfLocked>,
+}
+
+fn default_revision() -> String {
+    "main".into()
+}
+
+/// What an [`HfModel`] resolved to: the commit and each file's sha256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HfLocked {
+    pub commit: String,
+    pub sha256: std::collections::BTreeMap<String, String>,
+}
+
+/// Where the starting model comes from: `{dir: PATH}` (BERT or LLaMA, by `config.json`'s
+/// `model_type`), `{hf: ORG/NAME, revision: REV}` (a Hub repo, resolved to a directory by the
+/// pipeline), `{tiny: {...}}` (BERT classifier) or `{tiny_llama: {...}}` (causal LM).
+#[derive(Debug, Clone, PartialEq)]
 pub enum ModelSource {
     Dir(PathBuf),
     Tiny(TinyBert),
     TinyLlama(TinyLlama),
+    Hf(HfModel),
+}
+
+/// The externally tagged forms (`{dir: ..}`, `{tiny: ..}`, `{tiny_llama: ..}`); `{hf: ..}` has
+/// its `revision` beside the tag, so it is told apart by its `hf` key first.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Tagged {
+    Dir(PathBuf),
+    Tiny(TinyBert),
+    TinyLlama(TinyLlama),
+}
+
+impl Serialize for ModelSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let tagged = match self {
+            ModelSource::Hf(h) => return h.serialize(s),
+            ModelSource::Dir(d) => Tagged::Dir(d.clone()),
+            ModelSource::Tiny(t) => Tagged::Tiny(t.clone()),
+            ModelSource::TinyLlama(t) => Tagged::TinyLlama(t.clone()),
+        };
+        tagged.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        if v.get("hf").is_some() {
+            return HfModel::deserialize(v)
+                .map(ModelSource::Hf)
+                .map_err(D::Error::custom);
+        }
+        Ok(match Tagged::deserialize(v).map_err(D::Error::custom)? {
+            Tagged::Dir(p) => ModelSource::Dir(p),
+            Tagged::Tiny(t) => ModelSource::Tiny(t),
+            Tagged::TinyLlama(t) => ModelSource::TinyLlama(t),
+        })
+    }
 }
 
 impl ModelSource {
@@ -51,7 +118,8 @@ impl ModelSource {
                 .iter()
                 .map(|f| d.join(f))
                 .collect(),
-            ModelSource::Tiny(_) | ModelSource::TinyLlama(_) => Vec::new(),
+            // Its digests come from the pipeline's lock (in `locked`), not from re-hashing.
+            ModelSource::Tiny(_) | ModelSource::TinyLlama(_) | ModelSource::Hf(_) => Vec::new(),
         }
     }
 }
@@ -97,5 +165,31 @@ impl WeightDtype {
             WeightDtype::F32 => Ok(x.clone()),
             WeightDtype::Bf16 => x.to_dtype(DType::BF16)?.to_dtype(x.dtype()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_sources_parse_beside_the_tagged_forms_and_reject_unknown_fields() {
+        let m: ModelSource =
+            serde_json::from_str(r#"{"hf": "org/name", "revision": "v1"}"#).unwrap();
+        assert!(matches!(&m, ModelSource::Hf(h) if h.hf == "org/name" && h.revision == "v1"));
+        let back = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"hf": "org/name", "revision": "v1"})
+        );
+        let d: ModelSource = serde_json::from_str(r#"{"dir": "/m"}"#).unwrap();
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            serde_json::json!({"dir": "/m"})
+        );
+        let e = serde_json::from_str::<ModelSource>(r#"{"hf": "o/n", "revsion": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `revsion`"), "{e}");
     }
 }

@@ -1,0 +1,220 @@
+//! `model: {hf: ..}` inputs end to end: `pipeline run` fetches a tiny BERT from a loopback Hub
+//! into an empty HF cache and writes the lock; a second run transfers nothing and reuses the
+//! store; a file whose digest does not match exits non-zero naming the input and URL, with
+//! nothing in the store or cache.
+
+use std::path::Path;
+
+use pipeline::fetch::digest::FileDigests;
+
+use super::server::{Reply, Request, Server};
+use super::util::Sandbox;
+
+const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data");
+
+const MANIFEST: &str = r#"name: hfrun
+seed: 1
+workdir: WORKDIR
+data_root: DATA
+stages:
+  part:
+    kind: partition/masakhanews
+    params:
+      languages: [eng, lin]
+      clients_per_language: 2
+      max_train_rows_per_language: 40
+      max_test_rows_per_language: 20
+  pre:
+    kind: base/pretrained
+    needs: [part]
+    params:
+      model: MODEL
+      max_len: 32
+"#;
+
+fn manifest(wd: &str, model: &str) -> String {
+    MANIFEST
+        .replace("WORKDIR", wd)
+        .replace("DATA", DATA)
+        .replace("MODEL", model)
+}
+
+/// A tiny BERT in HF layout, made by the pipeline itself (`base/pretrained` of a `tiny` model).
+fn tiny_bert(sb: &Sandbox) -> Vec<(String, Vec<u8>)> {
+    let tiny =
+        "{tiny: {hidden: 16, layers: 1, heads: 2, intermediate: 32, vocab_size: 120, seed: 1}}";
+    sb.write("make.yaml", &manifest("wd-make", tiny));
+    sb.run(&["run", "make.yaml", "-q"]).ok();
+    let files: Vec<(String, Vec<u8>)> = sb
+        .artifacts("wd-make")
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let name = k.split_once("/model/")?.1.to_string();
+            (!name.contains('/')).then_some((name, v))
+        })
+        .collect();
+    assert!(
+        files.iter().any(|(n, _)| n == "model.safetensors"),
+        "{files:?}"
+    );
+    files
+}
+
+fn digests(bytes: &[u8]) -> FileDigests {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, bytes).unwrap();
+    FileDigests::of(&p).unwrap()
+}
+
+/// The Hub's revision API (announcing `announce`'s digests) and `resolve` on one server.
+fn hub(files: Vec<(String, Vec<u8>)>, announce: Vec<(String, Vec<u8>)>) -> Server {
+    let siblings: Vec<serde_json::Value> = announce
+        .iter()
+        .map(|(p, b)| {
+            let d = digests(b);
+            serde_json::json!({"rfilename": p, "size": b.len(), "blobId": d.git_blob,
+                "lfs": {"sha256": d.sha256, "size": b.len()}})
+        })
+        .collect();
+    let api = serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string();
+    Server::start(move |r: &Request| {
+        if r.path.starts_with("/api/models/org/tiny/revision/") {
+            return Reply::Json(api.clone());
+        }
+        let f = r.path.strip_prefix(&format!("/org/tiny/resolve/{COMMIT}/"));
+        match f.and_then(|f| files.iter().find(|(n, _)| n == f)) {
+            Some((_, b)) => Reply::File(b.clone()),
+            None => Reply::Status(404),
+        }
+    })
+}
+
+fn run_against(sb: &Sandbox, server: &Server, cache: &Path, args: &[&str]) -> super::util::Run {
+    let out = sb
+        .command(args)
+        .env("HF_ENDPOINT", &server.base)
+        .env("HF_HOME", cache.join("hf"))
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("FEDP2EFT_MIRROR")
+        .env("FEDP2EFT_CACHE", cache.join("ours"))
+        .output()
+        .expect("spawn pipeline");
+    super::util::Run::from(out)
+}
+
+#[test]
+fn an_hf_model_is_fetched_once_locked_and_keyed_by_its_digests() {
+    let sb = Sandbox::new();
+    let files = tiny_bert(&sb);
+    let server = hub(files.clone(), files.clone());
+    let cache = sb.path().join("cache");
+    sb.write(
+        "hfrun.yaml",
+        &manifest("wd", "{hf: org/tiny, revision: main}"),
+    );
+
+    let first = run_against(&sb, &server, &cache, &["run", "hfrun.yaml", "-q"]);
+    first.ok();
+    let n = server.requests().len();
+    assert_eq!(n, 1 + files.len(), "{:?}", server.requests());
+    let snap = cache.join(format!("hf/hub/models--org--tiny/snapshots/{COMMIT}"));
+    assert!(snap.join("model.safetensors").is_file());
+    let lock = std::fs::read_to_string(sb.path().join("hfrun.lock")).unwrap();
+    let sha = digests(
+        &files
+            .iter()
+            .find(|(n, _)| n == "model.safetensors")
+            .unwrap()
+            .1,
+    )
+    .sha256;
+    assert!(lock.contains(COMMIT) && lock.contains(&sha), "{lock}");
+    // The model stage's output is the served model itself (a BERT classifier is copied).
+    let made: Vec<_> = sb
+        .artifacts("wd")
+        .into_iter()
+        .filter(|(k, _)| k.ends_with("/model/model.safetensors"))
+        .collect();
+    assert_eq!(made.len(), 1);
+
+    let second = run_against(&sb, &server, &cache, &["run", "hfrun.yaml", "-q"]);
+    assert!(
+        second.ok().summary().starts_with("0 executed"),
+        "{second:#?}"
+    );
+    assert_eq!(
+        server.requests().len(),
+        n,
+        "the second run fetched: {:?}",
+        server.requests()
+    );
+
+    // `pipeline fetch` names what it locked, again without a transfer.
+    let f = run_against(&sb, &server, &cache, &["fetch", "hfrun.yaml", "-q"]);
+    assert!(
+        f.ok()
+            .stdout
+            .contains(&format!("hf:org/tiny@main -> {COMMIT}")),
+        "{f:#?}"
+    );
+    assert_eq!(server.requests().len(), n);
+}
+
+#[test]
+fn a_file_with_the_wrong_digest_stops_the_run_naming_input_and_url() {
+    let sb = Sandbox::new();
+    let files = tiny_bert(&sb);
+    let mut served = files.clone();
+    for (n, b) in served.iter_mut() {
+        if n == "model.safetensors" {
+            b[100] ^= 0xff;
+        }
+    }
+    let server = hub(served, files);
+    let cache = sb.path().join("cache");
+    sb.write(
+        "hfrun.yaml",
+        &manifest("wd", "{hf: org/tiny, revision: main}"),
+    );
+    let r = run_against(&sb, &server, &cache, &["run", "hfrun.yaml", "-q"]);
+    assert_ne!(r.code, Some(0), "{r:#?}");
+    assert!(
+        r.stderr.contains("hf:org/tiny@main")
+            && r.stderr.contains(&format!(
+                "{}/org/tiny/resolve/{COMMIT}/model.safetensors",
+                server.base
+            )),
+        "{}",
+        r.stderr
+    );
+    assert!(sb.artifacts("wd").is_empty(), "nothing may be in the store");
+    assert!(!sb.path().join("hfrun.lock").exists());
+    let snap = cache.join(format!("hf/hub/models--org--tiny/snapshots/{COMMIT}"));
+    assert!(!snap.join("model.safetensors").exists());
+}
+
+#[test]
+fn bad_hf_sources_are_located_manifest_errors() {
+    let sb = Sandbox::new();
+    for (model, want) in [
+        ("{hf: org/tiny, revison: main}", "unknown field `revison`"),
+        (
+            "{hf: org/tiny, revision: 'bad rev'}",
+            "revision: \"bad rev\"",
+        ),
+        ("{hf: notarepo}", "must be ORG/NAME"),
+    ] {
+        sb.write("bad.yaml", &manifest("wd", model));
+        let r = sb.run(&["run", "bad.yaml"]);
+        assert_eq!(r.code, Some(2), "{model}: {r:#?}");
+        assert!(
+            r.stderr.contains("bad.yaml:") && r.stderr.contains(want),
+            "{model}: {}",
+            r.stderr
+        );
+        assert!(!sb.path().join("wd").exists());
+    }
+}
