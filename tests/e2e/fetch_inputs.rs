@@ -161,6 +161,24 @@ fn an_hf_model_is_fetched_once_locked_and_keyed_by_its_digests() {
         "{f:#?}"
     );
     assert_eq!(server.requests().len(), n);
+
+    // The lock's digests are in the key: another sha256 there makes the model stage stale.
+    let before = sb.run(&["status", "hfrun.yaml", "--json"]);
+    let lock_path = sb.path().join("hfrun.lock");
+    std::fs::write(&lock_path, lock.replace(&sha, &"0".repeat(64))).unwrap();
+    let after = sb.run(&["status", "hfrun.yaml", "--json"]);
+    let state = |r: &super::util::Run| {
+        r.stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["stage"] == "pre")
+            .map(|v| (v["state"].to_string(), v["key"].to_string()))
+            .unwrap()
+    };
+    let (s0, k0) = state(before.ok());
+    let (s1, k1) = state(after.ok());
+    assert_eq!(s0, "\"done\"");
+    assert!(s1 != s0 && k1 != k0, "{s1} {k1}");
 }
 
 #[test]

@@ -202,45 +202,7 @@ struct PretrainedParams {
 }
 
 fn check_model(m: &ModelSource, task: &TaskOptions) -> Result<(), ParamError> {
-    let bad = |msg: String| Err(ParamError::new(Some("model"), msg));
-    match m {
-        ModelSource::Tiny(t) => {
-            if t.hidden == 0 || t.heads == 0 || t.hidden % t.heads != 0 {
-                return bad(format!(
-                    "tiny.hidden ({}) must be a positive multiple of tiny.heads ({})",
-                    t.hidden, t.heads
-                ));
-            }
-            if t.layers == 0 || t.intermediate == 0 || t.vocab_size < 10 {
-                return bad(
-                    "tiny.layers and tiny.intermediate must be ≥ 1 and tiny.vocab_size ≥ 10".into(),
-                );
-            }
-        }
-        ModelSource::TinyLlama(t) => {
-            if t.hidden == 0
-                || t.heads == 0
-                || t.hidden % t.heads != 0
-                || (t.hidden / t.heads) % 2 != 0
-            {
-                return bad(format!(
-                    "tiny_llama.hidden ({}) must be a multiple of tiny_llama.heads ({}) with an even head size",
-                    t.hidden, t.heads
-                ));
-            }
-            if t.kv_heads == 0 || t.heads % t.kv_heads != 0 {
-                return bad(format!(
-                    "tiny_llama.heads ({}) must be a multiple of tiny_llama.kv_heads ({})",
-                    t.heads, t.kv_heads
-                ));
-            }
-            if t.layers == 0 || t.intermediate == 0 || t.vocab_size < 270 {
-                return bad("tiny_llama.layers and tiny_llama.intermediate must be ≥ 1 and tiny_llama.vocab_size ≥ 270 (256 bytes + specials)".into());
-            }
-        }
-        ModelSource::Hf(h) => super::model_dir::check_hf(h)?,
-        ModelSource::Dir(_) => {}
-    }
+    super::model_dir::check_source(m)?;
     task.check()
 }
 

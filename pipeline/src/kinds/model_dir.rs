@@ -70,8 +70,52 @@ fn hf_dir(h: &HfModel) -> Result<PathBuf, StageError> {
     Ok(crate::fetch::model::local_dir(&cfg, &h.hf, &locked.commit))
 }
 
+/// The parameters of a source: a tiny model's sizes, an `hf:` repo name and revision.
+pub fn check_source(m: &ModelSource) -> Result<(), ParamError> {
+    let bad = |msg: String| Err(ParamError::new(Some("model"), msg));
+    match m {
+        ModelSource::Tiny(t) => {
+            if t.hidden == 0 || t.heads == 0 || t.hidden % t.heads != 0 {
+                return bad(format!(
+                    "tiny.hidden ({}) must be a positive multiple of tiny.heads ({})",
+                    t.hidden, t.heads
+                ));
+            }
+            if t.layers == 0 || t.intermediate == 0 || t.vocab_size < 10 {
+                return bad(
+                    "tiny.layers and tiny.intermediate must be ≥ 1 and tiny.vocab_size ≥ 10".into(),
+                );
+            }
+        }
+        ModelSource::TinyLlama(t) => {
+            if t.hidden == 0
+                || t.heads == 0
+                || t.hidden % t.heads != 0
+                || (t.hidden / t.heads) % 2 != 0
+            {
+                return bad(format!(
+                    "tiny_llama.hidden ({}) must be a multiple of tiny_llama.heads ({}) with an even head size",
+                    t.hidden, t.heads
+                ));
+            }
+            if t.kv_heads == 0 || t.heads % t.kv_heads != 0 {
+                return bad(format!(
+                    "tiny_llama.heads ({}) must be a multiple of tiny_llama.kv_heads ({})",
+                    t.heads, t.kv_heads
+                ));
+            }
+            if t.layers == 0 || t.intermediate == 0 || t.vocab_size < 270 {
+                return bad("tiny_llama.layers and tiny_llama.intermediate must be ≥ 1 and tiny_llama.vocab_size ≥ 270 (256 bytes + specials)".into());
+            }
+        }
+        ModelSource::Hf(h) => check_hf(h)?,
+        ModelSource::Dir(_) => {}
+    }
+    Ok(())
+}
+
 /// `ORG/NAME` and a revision (branch, tag or commit) that can go into a URL path.
-pub fn check_hf(h: &HfModel) -> Result<(), ParamError> {
+fn check_hf(h: &HfModel) -> Result<(), ParamError> {
     let bad = |message: String| Err(ParamError::new(Some("model"), message));
     let part = |s: &str| {
         !s.is_empty()
