@@ -236,3 +236,76 @@ fn bad_hf_sources_are_located_manifest_errors() {
         assert!(!sb.path().join("wd").exists());
     }
 }
+
+/// Fed-Aya's pinned files as `raw.githubusercontent.com` serves them (bytes from ../shared/data).
+fn github_raw() -> Server {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/fed_aya");
+    assert!(shared.is_dir(), "{} is missing", shared.display());
+    let base = "/rui-ye/FedLLM-Bench/24556797d74a89ff09f0db62d4e10f272ac769a5/";
+    Server::start(move |r: &Request| {
+        let name = match r.path.strip_prefix(base) {
+            Some("LICENSE") => "LICENSE.FedLLM-Bench",
+            Some("evaluation/open_ended/aya_evaluation/test_datasets.json") => {
+                "aya_test_datasets.json"
+            }
+            _ => return Reply::Status(404),
+        };
+        Reply::File(std::fs::read(shared.join(name)).unwrap())
+    })
+}
+
+const AYA: &str = r#"name: ayarun
+seed: 1
+workdir: wd
+ROOT
+stages:
+  part:
+    kind: partition/aya_test_sets
+    params:
+      seen_clients: 3
+      unseen_clients: 2
+"#;
+
+#[test]
+fn a_pinned_dataset_is_fetched_without_a_data_root_and_keyed_as_a_local_copy() {
+    let sb = Sandbox::new();
+    let raw = github_raw();
+    let cache = sb.path().join("cache");
+    sb.write("ayarun.yaml", &AYA.replace("ROOT", ""));
+    let run = |args: &[&str]| {
+        let out = sb
+            .command(args)
+            .env("FEDP2EFT_GITHUB_RAW", &raw.base)
+            .env("HF_HOME", cache.join("hf"))
+            .env("FEDP2EFT_CACHE", cache.join("ours"))
+            .env_remove("FEDP2EFT_MIRROR")
+            .env_remove("HF_HUB_OFFLINE")
+            .output()
+            .unwrap();
+        super::util::Run::from(out)
+    };
+    run(&["run", "ayarun.yaml", "-q"]).ok();
+    assert_eq!(raw.requests().len(), 2, "{:?}", raw.requests());
+    assert!(cache
+        .join("ours/data/fed_aya/aya_test_datasets.json")
+        .is_file());
+    let lock = std::fs::read_to_string(sb.path().join("ayarun.lock")).unwrap();
+    assert!(lock.contains("dataset:fedaya"), "{lock}");
+    let again = run(&["run", "ayarun.yaml", "-q"]);
+    assert!(again.ok().summary().starts_with("0 executed"), "{again:#?}");
+    assert_eq!(raw.requests().len(), 2);
+
+    // The same bytes under a local data root (the override) give the same key.
+    let key = |r: &super::util::Run| {
+        let line = r.ok().stdout.lines().next().unwrap().to_string();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["key"].clone()
+    };
+    let fetched = key(&run(&["status", "ayarun.yaml", "--json"]));
+    let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
+    sb.write(
+        "ayarun.yaml",
+        &AYA.replace("ROOT", &format!("data_root: {shared}")),
+    );
+    let local = key(&run(&["status", "ayarun.yaml", "--json"]));
+    assert_eq!(fetched, local);
+}

@@ -4,6 +4,12 @@
 //! resolved to is written into the source's `locked` field. The commit and file digests thus
 //! become part of every reading instance's params, hence of its cache key, without re-hashing
 //! the files; the stages later read the snapshot directory (`model_dir::local`).
+//!
+//! Without a data root (`data_root:` / `FEDP2EFT_DATA`, which stay overrides), the pinned
+//! datasets the partition kinds read are fetched the same way into `$FEDP2EFT_CACHE/data`, laid
+//! out as a data root, which becomes the manifest's. Their keys are those of a local data root
+//! with the same bytes (external files are keyed by path below the root and digest), the lock
+//! making sure the bytes are the pinned ones.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +48,13 @@ fn hf_values(m: &mut Manifest) -> Vec<(String, &mut Value)> {
     out.retain(|(_, v)| v.get("hf").is_some());
     out
 }
+
+/// The pinned dataset each partition kind reads (`fetch/pins/<name>.tsv`).
+const PINNED: &[(&str, &str)] = &[
+    ("partition/masakhanews", "masakhanews"),
+    ("partition/xnli", "xnli"),
+    ("partition/aya_test_sets", "fedaya"),
+];
 
 pub fn resolve(manifest: &mut Manifest, mode: Mode) -> Result<Resolved, PipelineError> {
     let lock_file = lock_path(&manifest.path);
@@ -94,6 +107,39 @@ pub fn resolve(manifest: &mut Manifest, mode: Mode) -> Result<Resolved, Pipeline
             v["locked"] = serde_json::to_value(locked).expect("plain data serializes");
             done.inputs.insert(id, e);
         }
+    }
+    if manifest.data_root.is_none() {
+        let mut names: Vec<&str> = manifest
+            .stages
+            .values()
+            .filter_map(|s| PINNED.iter().find(|(k, _)| *k == s.kind).map(|(_, n)| *n))
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut root = None;
+        for name in &names {
+            let id = crate::fetch::dataset::input_id(name);
+            match &mut fetcher {
+                Some(f) => {
+                    let d = f.dataset(name, lock.inputs.get(&id)).map_err(fail)?;
+                    lock.inputs.insert(id.clone(), d.lock.clone());
+                    done.inputs.insert(id, d.lock);
+                    root = Some(d.root);
+                }
+                // Fetched before (by `run` or `fetch`): the cache is the data root.
+                None => match lock.inputs.get(&id) {
+                    Some(l) => {
+                        done.inputs.insert(id, l.clone());
+                        root = Some(FetchConfig::from_env().data_cache);
+                    }
+                    None => {
+                        root = None;
+                        break;
+                    }
+                },
+            }
+        }
+        manifest.data_root = root;
     }
     if fetcher.is_some() && (lock != before || !had_lock && !lock.inputs.is_empty()) {
         lock.save(&lock_file).map_err(fail)?;

@@ -202,7 +202,7 @@ impl<C: PartitionSource + 'static> StageKind for Partition<C> {
     fn external_inputs(&self, plan: &PlanInputs<'_>) -> Result<Vec<PathBuf>, StageError> {
         let Some(root) = plan.data_root else {
             return Err(StageError::msg(format!(
-                "kind `{}` reads raw data but no data root is set: add `data_root:` to the manifest or set {}",
+                "kind `{}` reads raw data but no data root is set: add `data_root:` to the manifest, set {} or run `pipeline fetch MANIFEST` (pinned datasets)",
                 self.name,
                 crate::engine::spec::DATA_ROOT_ENV
             )));
