@@ -179,6 +179,30 @@ fn an_hf_model_is_fetched_once_locked_and_keyed_by_its_digests() {
     let (s1, k1) = state(after.ok());
     assert_eq!(s0, "\"done\"");
     assert!(s1 != s0 && k1 != k0, "{s1} {k1}");
+
+    // `--mirror-out` writes a mirror; the manifest's `mirror:` then serves a fresh cache
+    // without a single request to the Hub.
+    std::fs::write(&lock_path, &lock).unwrap();
+    let m = run_against(
+        &sb,
+        &server,
+        &cache,
+        &["fetch", "hfrun.yaml", "-q", "--mirror-out", "mirror"],
+    );
+    m.ok();
+    let dead = Server::start(|_: &Request| Reply::Status(404));
+    let text = manifest("wd", "{hf: org/tiny, revision: main}")
+        .replace("seed: 1\n", "seed: 1\nmirror: mirror\n");
+    sb.write("hfrun.yaml", &text);
+    let fresh = sb.path().join("cache2");
+    let r = run_against(&sb, &dead, &fresh, &["run", "hfrun.yaml", "-q"]);
+    assert!(r.ok().summary().starts_with("0 executed"), "{r:#?}");
+    assert!(dead.requests().is_empty(), "{:?}", dead.requests());
+    assert!(fresh
+        .join(format!(
+            "hf/hub/models--org--tiny/snapshots/{COMMIT}/model.safetensors"
+        ))
+        .is_file());
 }
 
 #[test]

@@ -21,6 +21,10 @@ struct RawManifest {
     workdir: Option<PathBuf>,
     #[serde(default)]
     data_root: Option<PathBuf>,
+    /// An offline mirror of the fetched inputs, tried before the network (`FEDP2EFT_MIRROR`
+    /// overrides it).
+    #[serde(default)]
+    mirror: Option<PathBuf>,
     #[serde(default)]
     device: Option<String>,
     stages: BTreeMap<String, RawStage>,
@@ -47,6 +51,8 @@ pub struct Manifest {
     pub seed: u64,
     pub workdir: PathBuf,
     pub data_root: Option<PathBuf>,
+    /// The manifest's `mirror:` (the fetcher's `FEDP2EFT_MIRROR` takes precedence).
+    pub mirror: Option<PathBuf>,
     pub device: DeviceSpec,
     /// Sorted by name; the DAG gives the execution order.
     pub stages: BTreeMap<String, StageSpec>,
@@ -279,6 +285,7 @@ impl Manifest {
             seed: raw.seed,
             workdir,
             data_root,
+            mirror: raw.mirror,
             device,
             stages,
             source,

@@ -68,8 +68,10 @@ impl Fetcher {
                     .is_ok_and(|m| m.len() == f.size)
             })
         };
+        // With a mirror, the lock's file list is enough: the mirror serves them, the Hub (whose
+        // file list is asked only to see that the lock still holds) is left alone.
         let (commit, files) = match (locked, known_commit) {
-            (Some(l), _) if in_cache(&l.commit, &l.files) => (
+            (Some(l), _) if in_cache(&l.commit, &l.files) || self.cfg.mirror.is_some() => (
                 l.commit.clone(),
                 l.files.iter().map(locked_repo_file).collect(),
             ),

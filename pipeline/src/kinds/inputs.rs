@@ -63,7 +63,10 @@ pub fn resolve(manifest: &mut Manifest, mode: Mode) -> Result<Resolved, Pipeline
     let had_lock = lock.is_some();
     let mut lock = lock.unwrap_or_else(LockFile::empty);
     let mut fetcher = match mode {
-        Mode::Fetch(cfg) => Some(Fetcher::new(*cfg)),
+        Mode::Fetch(mut cfg) => {
+            cfg.mirror = cfg.mirror.or_else(|| manifest.mirror.clone());
+            Some(Fetcher::new(*cfg))
+        }
         Mode::LockOnly => None,
     };
     let path = manifest.path.clone();
