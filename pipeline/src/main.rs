@@ -139,8 +139,9 @@ enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
-    /// Fetch every input the manifest names (Hugging Face models) into the standard HF cache,
-    /// verified against `manifests/<name>.lock`, which it writes or updates.
+    /// Fetch every input the manifest names (`hf:` models into the standard HF cache; without a
+    /// data root, the partition kinds' pinned datasets), verified against
+    /// `manifests/<name>.lock`, which it writes or updates.
     Fetch {
         #[command(flatten)]
         m: ManifestArgs,

@@ -93,12 +93,18 @@ fn missing_manifest_and_bad_cli_exit_2() {
 fn every_command_has_help() {
     let s = Sandbox::new();
     for cmd in [
-        "run", "status", "explain", "dag", "verify", "export", "clean", "kinds",
+        "run", "fetch", "status", "explain", "dag", "verify", "export", "clean", "kinds",
     ] {
         let r = s.run(&[cmd, "--help"]);
         r.ok();
         assert!(r.stdout.contains("Usage: pipeline"), "{cmd}: {}", r.stdout);
     }
+    let fetch = s.run(&["fetch", "--help"]);
+    assert!(
+        fetch.stdout.contains("--update") && fetch.stdout.contains("--mirror-out <DIR>"),
+        "{}",
+        fetch.stdout
+    );
 }
 
 #[test]
