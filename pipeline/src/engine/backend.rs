@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::executor::RunOptions;
 use super::instance::{execute, Outcome};
 use super::interrupt::Running;
 use super::manifest::Manifest;
 use super::plan::Plan;
 use super::progress::Reporter;
 use super::registry::Registry;
+use super::run_options::RunOptions;
 use super::store::Store;
 
 /// One wave: the ready instances (indices into `plan.instances`) and what running them needs.

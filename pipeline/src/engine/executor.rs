@@ -11,45 +11,9 @@ use super::manifest::Manifest;
 use super::plan::{DigestCache, Plan, State};
 use super::progress::Reporter;
 use super::registry::Registry;
-use super::slurm::{Slurm, SlurmOptions};
+pub use super::run_options::{Executor, RunOptions};
+use super::slurm::Slurm;
 use super::store::Store;
-
-/// Which backend runs the instances.
-#[derive(Debug, Clone, Default)]
-pub enum Executor {
-    /// Threads of this process (`-j N`).
-    #[default]
-    Local,
-    /// One Slurm job (or job-array task) per instance, on the shared workdir.
-    Slurm(SlurmOptions),
-}
-
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub jobs: usize,
-    pub keep_going: bool,
-    /// `--stage`: run these stages and what they need (empty = all).
-    pub stages: Vec<String>,
-    /// Recompute the `--stage` stages (or everything) even if cached.
-    pub force: bool,
-    pub dry_run: bool,
-    pub quiet: bool,
-    pub executor: Executor,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            jobs: 1,
-            keep_going: false,
-            stages: Vec::new(),
-            force: false,
-            dry_run: false,
-            quiet: true,
-            executor: Executor::Local,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {

@@ -23,6 +23,7 @@ pub mod progress;
 pub mod registry;
 pub mod repair;
 pub mod resources;
+pub mod run_options;
 pub mod slurm;
 pub mod spec;
 pub mod store;

@@ -19,7 +19,7 @@ pub mod script;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::backend::{Backend, Wave};
 use super::error::{PipelineError, Result};
@@ -29,38 +29,10 @@ use super::lock::{key_lock_path, pid_alive, read_holder};
 use super::manifest::Manifest;
 use super::progress::StageProgress;
 use super::resources::Resources;
+pub use super::run_options::SlurmOptions;
 use super::store::Store;
 use jobs::{JobRecord, JobsFile};
 use script::JobScript;
-
-#[derive(Debug, Clone)]
-pub struct SlurmOptions {
-    pub partition: Option<String>,
-    pub account: Option<String>,
-    /// Jobs (array tasks included) queued or running at once.
-    pub max_jobs: usize,
-    /// Resubmissions of an instance whose job failed or ended without committing.
-    pub retries: u32,
-    pub poll: Duration,
-    /// How long a job may be gone from the queue before its missing outcome counts as lost.
-    pub grace: Duration,
-    /// Command-line overrides of every stage's resources.
-    pub resources: Resources,
-}
-
-impl Default for SlurmOptions {
-    fn default() -> Self {
-        SlurmOptions {
-            partition: None,
-            account: None,
-            max_jobs: 100,
-            retries: 2,
-            poll: Duration::from_secs(5),
-            grace: Duration::from_secs(30),
-            resources: Resources::default(),
-        }
-    }
-}
 
 pub struct Slurm {
     exe: PathBuf,
