@@ -59,12 +59,18 @@ const FAST: [&str; 10] = [
     "500M",
 ];
 
-fn slurm_run(s: &Sandbox, conf: &str, args: &[&str]) -> Run {
+/// The binary with `args` and the [`FAST`] driver flags, on the test cluster.
+fn slurm_command(s: &Sandbox, conf: &str, args: &[&str]) -> Command {
     let mut all: Vec<&str> = args.to_vec();
     all.extend(FAST);
+    let mut c = s.command(&all);
+    c.env("SLURM_CONF", conf);
+    c
+}
+
+fn slurm_run(s: &Sandbox, conf: &str, args: &[&str]) -> Run {
     Run::from(
-        s.command(&all)
-            .env("SLURM_CONF", conf)
+        slurm_command(s, conf, args)
             .output()
             .expect("spawn pipeline"),
     )
@@ -132,11 +138,8 @@ fn smoke_manifest_through_slurm_is_byte_identical_to_local() {
     let root = env!("CARGO_MANIFEST_DIR");
     let manifest = format!("{root}/manifests/smoke.yaml");
     let data = format!("{root}/tests/fixtures/data");
-    let mut args = vec!["run", &manifest, "--workdir", "slurm", "-q"];
-    args.extend(FAST);
     let r = Run::from(
-        s.command(&args)
-            .env("SLURM_CONF", conf)
+        slurm_command(&s, conf, &["run", &manifest, "--workdir", "slurm", "-q"])
             .env("FEDP2EFT_DATA", &data)
             .output()
             .unwrap(),
@@ -224,11 +227,7 @@ fn a_job_cancelled_mid_stage_resumes_from_its_checkpoint() {
     let s = Sandbox::new();
     let m = s.write("m.yaml", &long("wd", 40));
     let wd = s.path().join("wd");
-    let mut args = vec!["run", m.to_str().unwrap()];
-    args.extend(FAST);
-    let driver = s
-        .command(&args)
-        .env("SLURM_CONF", conf)
+    let driver = slurm_command(&s, conf, &["run", m.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -274,11 +273,7 @@ fn a_driver_killed_with_kill_9_is_reattached_without_duplicate_jobs() {
     let s = Sandbox::new();
     let m = s.write("m.yaml", &long("wd", 30));
     let wd = s.path().join("wd");
-    let mut args = vec!["run", m.to_str().unwrap()];
-    args.extend(FAST);
-    let mut driver = s
-        .command(&args)
-        .env("SLURM_CONF", conf)
+    let mut driver = slurm_command(&s, conf, &["run", m.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

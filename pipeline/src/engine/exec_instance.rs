@@ -35,28 +35,23 @@ pub fn exec_instance(
     force: bool,
 ) -> Result<ExecResult> {
     let store = Store::new(&manifest.workdir);
-    let find = |store: &Store| -> Result<(Plan, usize)> {
-        let plan = Plan::build(manifest, registry, store, &mut DigestCache::default())?;
-        let n = plan
-            .instances
-            .iter()
-            .position(|i| i.key.as_deref() == Some(key))
-            .ok_or_else(|| {
-                PipelineError::Usage(format!(
-                    "no instance of {} has key {key} (the manifest or an input changed since the \
-                     job was submitted)",
-                    manifest.path.display()
-                ))
-            })?;
-        Ok((plan, n))
-    };
-    let (_, _) = find(&store)?;
     let lock = match KeyLock::acquire(&manifest.workdir, key)? {
         Ok(lock) => lock,
         Err(holder) => return Ok(ExecResult::Busy(holder)),
     };
-    // Planned again under the lock: a job that held it until now may have committed.
-    let (plan, n) = find(&store)?;
+    // Planned under the lock: a job that held it until now may have committed.
+    let plan = Plan::build(manifest, registry, &store, &mut DigestCache::default())?;
+    let n = plan
+        .instances
+        .iter()
+        .position(|i| i.key.as_deref() == Some(key))
+        .ok_or_else(|| {
+            PipelineError::Usage(format!(
+                "no instance of {} has key {key} (the manifest or an input changed since the \
+                 job was submitted)",
+                manifest.path.display()
+            ))
+        })?;
     let inst = &plan.instances[n];
     match inst.state {
         State::Done if !force => return Ok(ExecResult::AlreadyDone),

@@ -110,7 +110,7 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions) -> Resul
 
     let backend: Box<dyn Backend> = match &opts.executor {
         Executor::Local => Box::new(Local),
-        Executor::Slurm(o) => Box::new(Slurm::new(manifest, o.clone(), running.clone())?),
+        Executor::Slurm(o) => Box::new(Slurm::new(manifest, o.clone())?),
     };
     let mut summary = RunSummary::default();
     let mut attempted: BTreeSet<String> = BTreeSet::new();

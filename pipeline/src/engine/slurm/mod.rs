@@ -24,7 +24,6 @@ use std::time::Instant;
 use super::backend::{Backend, Wave};
 use super::error::{PipelineError, Result};
 use super::instance::Outcome;
-use super::interrupt::Running;
 use super::lock::{key_lock_path, pid_alive, read_holder};
 use super::manifest::Manifest;
 use super::progress::StageProgress;
@@ -52,7 +51,7 @@ fn absolute(p: &Path, what: &str) -> Result<PathBuf> {
 }
 
 impl Slurm {
-    pub fn new(manifest: &Manifest, opts: SlurmOptions, _running: Running) -> Result<Self> {
+    pub fn new(manifest: &Manifest, opts: SlurmOptions) -> Result<Self> {
         commands::available()
             .map_err(|e| PipelineError::Usage(format!("--executor slurm: {e}")))?;
         if opts.max_jobs == 0 {
@@ -178,11 +177,9 @@ impl Slurm {
 
     /// The store's word on a task whose job left the queue: committed, failed, or nothing yet.
     fn outcome_of(&self, store: &Store, t: &Task) -> Option<Outcome> {
+        // A forced instance is done only once its old entry has been replaced.
         let done = start_of(store.read_meta(&t.key).ok());
-        if done.is_some() && done != t.prior_done {
-            return Some(Ok(()));
-        }
-        if !t.force && t.prior_done.is_some() && done.is_some() {
+        if done.is_some() && (!t.force || done != t.prior_done) {
             return Some(Ok(()));
         }
         let failed = store.read_failed_meta(&t.key).ok();
