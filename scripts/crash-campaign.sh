@@ -44,13 +44,25 @@ fail() { echo "  MISMATCH: $*"; failures=$((failures + 1)); keep_root=1; }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 
+# FIELD of a meta.json (python3, which set-up needs anyway, rather than adding jq).
+meta_field() {
+    python3 -c 'import json, sys
+v = json.load(open(sys.argv[1]))[sys.argv[2]]
+print(v if isinstance(v, str) else json.dumps(v))' "$1" "$2"
+}
+
 # "key instance output_digest" of every store entry, sorted by key.
 listing() {
-    local f
-    for f in "$1"/store/*/meta.json; do
-        [ -e "$f" ] || continue
-        jq -r '[.key, .instance, .output_digest] | join(" ")' "$f"
-    done | sort
+    python3 -c 'import glob, json, sys
+for f in glob.glob(sys.argv[1] + "/store/*/meta.json"):
+    m = json.load(open(f))
+    print(m["key"], m["instance"], m["output_digest"])' "$1" | sort
+}
+
+# How many store entries of a workdir resumed from a checkpoint.
+resumed_count() {
+    python3 -c 'import glob, json, sys
+print(sum(bool(json.load(open(f)).get("resumed")) for f in glob.glob(sys.argv[1] + "/store/*/meta.json")))' "$1"
 }
 
 # Compares a workdir's store with the reference; prints the instances that differ.
@@ -82,6 +94,9 @@ verify_clean() {
 }
 
 echo "crash-campaign: N=$N manifest=$MANIFEST seed=$SEED binary=$BIN"
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD 2>/dev/null || commit="$commit+uncommitted changes"
+echo "crash-campaign: $(date -u '+%Y-%m-%d %H:%M:%S UTC') commit $commit host $(uname -n), $(nproc) CPUs"
 echo "crash-campaign: replay with CRASH_SEED=$SEED scripts/crash-campaign.sh $N $MANIFEST"
 
 # --- the reference run ---
@@ -124,7 +139,7 @@ while read -r u1 u2; do
         failures=$((failures + 1)); keep_root=1
         continue
     fi
-    resumed="$(cat "$wd"/store/*/meta.json | jq -s '[.[] | select(.resumed)] | length')"
+    resumed="$(resumed_count "$wd")"
     [ "$resumed" = 0 ] || resumed_trials=$((resumed_trials + 1))
     if same_as_reference "$wd" > "$ROOT/diff"; then
         if verify_clean "$wd"; then
@@ -149,7 +164,7 @@ damage_artifact() {
     mapfile -t files < <(cd "$wd/store" && find . -path '*/out/*' -type f -size +0 | sort)
     file="${files[$((n % ${#files[@]}))]#./}"
     key="${file%%/*}"
-    inst="$(jq -r .instance "$wd/store/$key/meta.json")"
+    inst="$(meta_field "$wd/store/$key/meta.json" instance)"
     if [ "$how" = truncated ]; then
         truncate -s "$(( $(stat -c %s "$wd/store/$file") / 2 ))" "$wd/store/$file"
     else
@@ -210,7 +225,7 @@ p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 0x10; op
         fail "the run after the damaged checkpoint failed:"; echo "$out" | tail -n 5 | sed 's/^/    /'
     else
         grep -q "discarding checkpoint .*$key" <<<"$out" || fail "no 'discarding checkpoint' warning for $key"
-        [ "$(jq .resumed "$wd/store/$key/meta.json")" = false ] || fail "$key claims it resumed"
+        [ "$(meta_field "$wd/store/$key/meta.json" resumed)" = false ] || fail "$key claims it resumed"
         if same_as_reference "$wd" > "$ROOT/diff"; then
             verify_clean "$wd" && echo "  discarded with a warning, the stage restarted, store identical"
         else
