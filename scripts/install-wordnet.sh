@@ -12,6 +12,9 @@
 #   copies of the Debian files (NLTK >= 3.10 refuses symlinks that leave its data dir) plus the
 #   rebuilt lexnames.
 #
+# `install-wordnet.sh check` only checks (exit 0 when all of the above is in place); files are
+# written under temporary names and renamed, so an interrupted install is redone by the next run.
+#
 # Environment:
 #   FEDP2EFT_WORDNET   WordNet dict dir (default /usr/share/wordnet)
 #   FEDP2EFT_NLTK_DATA NLTK data dir to lay out (default $HOME/.cache/fedp2eft/nltk_data)
@@ -25,6 +28,24 @@ have_dict() {
     local f
     for f in $DICT_FILES; do [ -s "$WN_DIR/$f" ] || return 1; done
 }
+
+MODE="${1:-run}"
+
+# Every NLTK file present, a real copy equal to its source, and lexnames complete.
+nltk_complete() {
+    local f src dest
+    [ "$(wc -l < "$NLTK_DATA_DIR/corpora/wordnet/lexnames" 2>/dev/null)" = 45 ] || return 1
+    for f in $DICT_FILES index.sense; do
+        src="$WN_DIR/$f"
+        [ "$f" = index.sense ] && src=/usr/share/wordnet/index.sense
+        dest="$NLTK_DATA_DIR/corpora/wordnet/$f"
+        [ -f "$dest" ] && [ ! -L "$dest" ] && cmp -s "$src" "$dest" || return 1
+    done
+}
+if [ "$MODE" = check ]; then
+    have_dict && [ -s /usr/share/wordnet/index.sense ] && nltk_complete
+    exit
+fi
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -68,14 +89,16 @@ if [ "$(wc -l < "$TMP/lexnames")" != 45 ]; then
     echo "install-wordnet: expected 45 lexnames rows from $MAN_PAGE, got $(wc -l < "$TMP/lexnames")" >&2
     exit 1
 fi
-cp "$TMP/lexnames" "$NLTK_DATA_DIR/corpora/wordnet/lexnames"
+cp "$TMP/lexnames" "$NLTK_DATA_DIR/corpora/wordnet/.lexnames.tmp"
+mv "$NLTK_DATA_DIR/corpora/wordnet/.lexnames.tmp" "$NLTK_DATA_DIR/corpora/wordnet/lexnames"
 for f in $DICT_FILES index.sense; do
     src="$WN_DIR/$f"
     [ "$f" = index.sense ] && src=/usr/share/wordnet/index.sense
     dest="$NLTK_DATA_DIR/corpora/wordnet/$f"
     if [ -L "$dest" ] || ! cmp -s "$src" "$dest"; then
+        cp "$src" "$dest.tmp"
         rm -f "$dest"
-        cp "$src" "$dest"
+        mv "$dest.tmp" "$dest"
     fi
 done
 echo "install-wordnet: WordNet dict in $WN_DIR; NLTK data dir $NLTK_DATA_DIR (export NLTK_DATA=$NLTK_DATA_DIR)"

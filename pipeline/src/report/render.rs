@@ -2,7 +2,7 @@
 //! a labelled heatmap with a colour bar, and a viridis colour map.
 //!
 //! Text goes through plotters' `ttf` feature, which finds fonts with fontconfig: a machine needs
-//! a sans-serif font installed (`scripts/setup.d/fonts.sh` installs DejaVu).
+//! a sans-serif font installed (`scripts/setup.d/2-fonts.sh` installs DejaVu).
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +33,7 @@ pub(crate) fn render<F: Figure>(
         path: path.to_path_buf(),
         message: format!(
             "{message} (text needs a sans-serif font found by fontconfig; run \
-             scripts/setup.d/fonts.sh)"
+             scripts/setup.d/2-fonts.sh)"
         ),
     };
     {

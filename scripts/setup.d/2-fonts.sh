@@ -1,13 +1,18 @@
 #!/bin/sh
-# Fonts for the report plots: plotters' `ttf` feature finds a sans-serif font through
-# fontconfig (build: libfontconfig1-dev + pkg-config; run: a font such as DejaVu).
-# Idempotent: apt-get skips what is already installed.
+# setup-step: fonts: fontconfig + DejaVu from Debian, for the plots' text
+# plotters' `ttf` feature finds a sans-serif font through fontconfig (build: libfontconfig1-dev
+# + pkg-config; run: a font such as DejaVu). `check`: all installed; `run`: apt-get installs
+# what is missing (apt itself is resumable).
 set -eu
 missing=""
 for pkg in fontconfig libfontconfig1-dev pkg-config fonts-dejavu-core; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
         || missing="$missing $pkg"
 done
+if [ "${1:-run}" = check ]; then
+    [ -z "$missing" ] && fc-match sans-serif >/dev/null 2>&1
+    exit
+fi
 if [ -n "$missing" ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
