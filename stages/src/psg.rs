@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Device, Result as CResult, Tensor};
 
-use crate::nn::{linear_forward, ste_clamp};
+use crate::nn::{abs_l1, linear_forward, ste_clamp};
 use crate::optim::{Adam, AdamConfig, OptimError, ParamGroup};
 use crate::params::{ParamError, ParamStore};
 use crate::peft::bayestune::{LAMBDA_MAX, LAMBDA_MIN};
@@ -130,7 +130,7 @@ pub fn load_psg(path: &std::path::Path, device: &Device) -> Result<ParamStore> {
 
 /// Σ |PSG(x) − λ_target| (summed L1, §5).
 pub fn regression_loss(pred: &Tensor, target: &Tensor) -> CResult<Tensor> {
-    (pred - target)?.abs()?.sum_all()
+    abs_l1(&(pred - target)?)?.sum_all()
 }
 
 /// Stage 2 of a FedP2EFT client round: `steps` Adam steps (lr `lr`) of the summed-L1

@@ -42,7 +42,8 @@ impl StageKind for Stage1Kind {
     }
     fn version(&self) -> u32 {
         // 3: FedP2EFT's shared A seed, the reference's fixed Trainer seed, λ gradients summed.
-        3
+        // 4: the Laplace prior's gradient at B = 0 is torch's 0 (`nn::abs_l1`), not +1.
+        4
     }
     fn default_resources(&self) -> crate::engine::resources::Resources {
         crate::engine::resources::Resources::new(2, "8G", "4:00:00")

@@ -67,7 +67,8 @@ impl StageKind for FedP2eftKind {
     fn version(&self) -> u32 {
         // 3: shared, recorded A seed; λ gradients summed over steps as the reference's Stage 1.
         // 4: diagnostics.csv (the PSG's λ against the Stage-1 λ, per round).
-        4
+        // 5: the Laplace prior's (and the L1 regression's) gradient at 0 is torch's 0.
+        5
     }
     fn default_resources(&self) -> crate::engine::resources::Resources {
         // Model training across rounds: the longest kinds.

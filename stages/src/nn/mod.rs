@@ -13,6 +13,6 @@ pub mod ops;
 pub use dropout::{DropMask, Dropout, DropoutRng};
 pub use init::normal_tensor;
 pub use ops::{
-    attention, gelu_erf, layer_norm, linear_forward, residual_layer_norm, softmax_last_dim,
+    abs_l1, attention, gelu_erf, layer_norm, linear_forward, residual_layer_norm, softmax_last_dim,
     ste_clamp,
 };

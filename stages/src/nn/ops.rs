@@ -202,10 +202,29 @@ pub fn ste_clamp(xs: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
     xs + delta
 }
 
+/// |x| whose gradient is PyTorch's `sgn(x)`: 0 where x = 0. candle's `abs` backward gives +1
+/// there, which at B = 0 (every BayesTune start) turns the Laplace prior's (100/N)/λ̃ into a
+/// gradient on every B entry: Adam then moves all entries by exactly lr, Σ_i |B_ij| is the same
+/// for every rank j, and Stage 1's λ come out as one value (the e5 run's first diagnosis).
+/// The forward is bit-identical to `abs` (x · ±1, and 0 · 0 = 0).
+pub fn abs_l1(xs: &Tensor) -> Result<Tensor> {
+    xs * xs.sign()?.detach()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn abs_l1_has_torch_subgradient_at_zero() {
+        let x = Var::from_slice(&[-2f32, 0.0, 3.0], 3, &Device::Cpu).unwrap();
+        let y = abs_l1(x.as_tensor()).unwrap();
+        assert_eq!(y.to_vec1::<f32>().unwrap(), vec![2.0, 0.0, 3.0]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gv: Vec<f32> = g.get(x.as_tensor()).unwrap().to_vec1().unwrap();
+        assert_eq!(gv, vec![-1.0, 0.0, 1.0]); // torch.abs backward: sgn(x)
+    }
 
     #[test]
     fn frozen_weight_linear_equals_plain_matmul_and_skips_its_gradient() {

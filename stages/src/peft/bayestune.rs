@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor};
 use super::lora::{a_seed, kaiming_uniform_a, remove_adapter};
 use super::{a_name, b_name, lambda_name, AdapterKind, AdapterSpec, LinearShape};
 use super::{PeftError, Result};
-use crate::nn::ste_clamp;
+use crate::nn::{abs_l1, ste_clamp};
 use crate::params::ParamStore;
 
 /// Lower clamp of λ in the priors and after training (§3).
@@ -96,7 +96,7 @@ pub fn prior_penalty(
         let lam = ste_clamp(&store.get(&lambda_name(&m.name))?, LAMBDA_MIN, LAMBDA_MAX)?;
         let b = store.get(&b_name(&m.name))?;
         // Σ_j ‖B[:, j]‖₁ / λ̃_j: λ broadcasts over B's rank (column) dimension.
-        let tb = b.abs()?.broadcast_div(&lam)?.sum_all()?;
+        let tb = abs_l1(&b)?.broadcast_div(&lam)?.sum_all()?;
         let tl = ((&lam * GAMMA_RATE)? + lam.log()?)?.sum_all()?;
         l_b = Some(match l_b {
             None => tb,
