@@ -24,7 +24,7 @@ use std::time::Instant;
 use super::backend::{Backend, Wave};
 use super::error::{PipelineError, Result};
 use super::instance::Outcome;
-use super::lock::{key_lock_path, pid_alive, read_holder};
+use super::lock::{key_lock_path, pid_alive, read_holder, LockInfo};
 use super::manifest::Manifest;
 use super::progress::StageProgress;
 use super::resources::Resources;
@@ -195,13 +195,15 @@ impl Slurm {
 
     /// Whether another live process (a duplicate job) holds the task's instance lock.
     fn held_elsewhere(&self, t: &Task, queue: &BTreeMap<String, String>) -> bool {
-        let Some(h) = read_holder(&key_lock_path(&self.workdir, &t.key)) else {
-            return false;
-        };
-        match &h.job {
-            Some(j) if Some(j) != t.job.as_ref() => queue.contains_key(j),
-            _ => h.host == super::lock::hostname() && pid_alive(h.pid) && t.job.is_none(),
-        }
+        read_holder(&key_lock_path(&self.workdir, &t.key)).is_some_and(|h| {
+            holder_busy(
+                &h,
+                t.job.as_deref(),
+                queue,
+                &super::lock::hostname(),
+                pid_alive,
+            )
+        })
     }
 
     /// Removes the instance lock a job of ours left behind (a killed job never drops it).
@@ -210,6 +212,21 @@ impl Slurm {
         if read_holder(&p).is_some_and(|h| h.job.is_some() && h.job == t.job) {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// Whether the instance lock's holder `h` is a live process other than our job `ours`: another
+/// job still in the queue, or a jobless `exec-instance` (started by hand) alive on this host.
+fn holder_busy(
+    h: &LockInfo,
+    ours: Option<&str>,
+    queue: &BTreeMap<String, String>,
+    this_host: &str,
+    alive: impl Fn(u32) -> bool,
+) -> bool {
+    match &h.job {
+        Some(j) => Some(j.as_str()) != ours && queue.contains_key(j),
+        None => h.host == this_host && alive(h.pid),
     }
 }
 
@@ -410,5 +427,54 @@ impl Backend for Slurm {
             ));
         }
         results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(job: Option<&str>, host: &str) -> LockInfo {
+        LockInfo {
+            pid: 7,
+            host: host.into(),
+            since: String::new(),
+            job: job.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_jobless_live_holder_on_this_host_is_busy() {
+        let queue = BTreeMap::new();
+        let h = holder(None, "n1");
+        assert!(holder_busy(&h, Some("12"), &queue, "n1", |_| true));
+        assert!(!holder_busy(&h, Some("12"), &queue, "n1", |_| false));
+        assert!(!holder_busy(&h, Some("12"), &queue, "n2", |_| true));
+    }
+
+    #[test]
+    fn a_job_holder_is_busy_only_if_it_is_another_queued_job() {
+        let queue = BTreeMap::from([("13".to_string(), "RUNNING".to_string())]);
+        assert!(holder_busy(
+            &holder(Some("13"), "n1"),
+            Some("12"),
+            &queue,
+            "n1",
+            |_| true
+        ));
+        assert!(!holder_busy(
+            &holder(Some("14"), "n1"),
+            Some("12"),
+            &queue,
+            "n1",
+            |_| true
+        ));
+        assert!(!holder_busy(
+            &holder(Some("12"), "n1"),
+            Some("12"),
+            &queue,
+            "n1",
+            |_| true
+        ));
     }
 }
