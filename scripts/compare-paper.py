@@ -7,7 +7,8 @@ diagnostics, as Markdown on stdout (the body of results/examples/masakhanews-e5/
 EXPORT_DIR: `pipeline export MANIFEST --csv EXPORT_DIR`; PAPER_CSV: the paper's per-language
 accuracies (results/examples/masakhanews-e5/paper_tables_1_2.csv); WORKDIR: the run's workdir,
 whose store holds the per-instance diagnostics (psg diagnostics.csv; personalize lambdas.csv,
-ranks.csv, updates.csv, curve.csv). Standard library only.
+ranks.csv, updates.csv, curve.csv) — only the instances in EXPORT_DIR/runs.csv are read, since
+a store also keeps the entries of earlier versions of the manifest. Standard library only.
 """
 import csv
 import json
@@ -149,9 +150,14 @@ def deltas(ours, paper):
     return lines
 
 
+RUN_KEYS = None  # the exported run's instance keys (runs.csv); the store also keeps old ones
+
+
 def store_instances(workdir):
     store = os.path.join(workdir, "store")
     for key in sorted(os.listdir(store)):
+        if RUN_KEYS is not None and key not in RUN_KEYS:
+            continue
         try:
             meta = json.load(open(os.path.join(store, key, "meta.json")))
         except (OSError, ValueError):
@@ -188,6 +194,54 @@ def stage1_spread(workdir):
         if meta.get("kind") == "lambda/bayestune" and os.path.exists(f):
             v = safetensors_f32(f)
             out.append((min(v), max(v), len({round(x, 7) for x in v}), len(v)))
+    return out
+
+
+def top_k(values, k):
+    """Indices of the k largest values (ties: lower index first, as our rank selection)."""
+    return set(sorted(range(len(values)), key=lambda i: (-values[i], i))[:k])
+
+
+def selection_overlap(workdir, budget=2):
+    """How much the kept ranks at `budget` depend on the client: per seed, the mean pairwise
+    overlap |S_a ∩ S_b| / k of clients' top-k sets (k = budget × modules) for FedP2EFT (the
+    PSG's λ) and BayesTune-LoRA (Stage 1's λ), and per client the overlap of the two methods'
+    sets. 1.0 means every client keeps the same ranks."""
+    psg, s1 = defaultdict(dict), defaultdict(dict)
+    for meta, path in store_instances(workdir):
+        p, seed = meta.get("params", {}), meta.get("seed")
+        if meta.get("kind") == "lambda/bayestune":
+            f = os.path.join(path, "lambda.safetensors")
+            if os.path.exists(f):
+                # hard-clamped as BayesTune-LoRA's personalization uses them (PAPER_NOTES §3)
+                s1[seed][p.get("client")] = [min(max(x, 1e-4), 1000.0)
+                                             for x in safetensors_f32(f)]
+        elif meta.get("kind") == "personalize" and p.get("method") == "fedp2eft" \
+                and p.get("budget") == budget:
+            f = os.path.join(path, "lambdas.csv")
+            if os.path.exists(f):
+                rows = sorted(csv.DictReader(open(f)), key=lambda r: int(r["position"]))
+                psg[seed][p.get("client")] = [float(r["lambda"]) for r in rows]
+    out = []
+    for seed in sorted(set(psg) | set(s1), key=lambda x: x or 0):
+        sets = {}
+        for name, lams in (("fedp2eft", psg[seed]), ("bayestune_lora", s1[seed])):
+            if lams:
+                k = budget * (len(next(iter(lams.values()))) // 32)  # r_max 32 per module
+                sets[name] = {c: top_k(v, k) for c, v in lams.items()}
+        row = {"seed": seed}
+        for name, by_client in sets.items():
+            cs = sorted(by_client)
+            pairs = [(a, b) for i, a in enumerate(cs) for b in cs[i + 1:]]
+            k = len(next(iter(by_client.values())))
+            row[name] = st.mean(len(by_client[a] & by_client[b]) / k for a, b in pairs) \
+                if pairs else None
+        if len(sets) == 2:
+            both = set(sets["fedp2eft"]) & set(sets["bayestune_lora"])
+            k = len(next(iter(sets["fedp2eft"].values())))
+            row["same_client"] = st.mean(len(sets["fedp2eft"][c] & sets["bayestune_lora"][c]) / k
+                                         for c in both) if both else None
+        out.append(row)
     return out
 
 
@@ -257,6 +311,19 @@ def diagnostics(workdir):
                   f"{min(s[0] for s in spread):.6g} to {max(s[1] for s in spread):.6g}; distinct "
                   f"values (to 1e-7) per client: {min(s[2] for s in spread)}–"
                   f"{max(s[2] for s in spread)} of {spread[0][3]}.", ""]
+    overlap = selection_overlap(workdir)
+    if overlap:
+        f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        lines += ["Do the kept ranks depend on the client? Mean pairwise overlap of clients' "
+                  "top-k rank sets at budget 2 (k = 2 × 74; 1.000 = every client keeps the same "
+                  "ranks), and the overlap of FedP2EFT's set with the same client's "
+                  "BayesTune-LoRA set:", "",
+                  "| seed | FedP2EFT between clients | BayesTune-LoRA between clients | "
+                  "FedP2EFT vs BayesTune-LoRA, same client |", "|---|---|---|---|"]
+        for r in overlap:
+            lines.append(f"| {r['seed']} | {f(r.get('fedp2eft'))} | {f(r.get('bayestune_lora'))} "
+                         f"| {f(r.get('same_client'))} |")
+        lines.append("")
     moved = changed_predictions(workdir)
     if moved:
         lines += ["Test predictions that differ from LoRA's at the same budget and client:", "",
@@ -301,7 +368,11 @@ def diagnostics(workdir):
 
 
 def main():
+    global RUN_KEYS
     export, paper_csv, workdir = sys.argv[1:4]
+    runs = os.path.join(export, "runs.csv")
+    if os.path.exists(runs):
+        RUN_KEYS = {r["key"] for r in csv.DictReader(open(runs))}
     ours, wins = read_ours(export)
     paper = read_paper(paper_csv)
     out = headline(ours, paper) + baselines(ours, paper) + wins_table(wins, paper) + \
