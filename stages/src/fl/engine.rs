@@ -127,10 +127,13 @@ pub struct EngineState {
 struct StateHeader {
     round: u64,
     metrics: Vec<RoundMetrics>,
-    /// The exact bits of every round's `eval`: serde_json's default float parsing can be one
-    /// ulp off, and a resumed run must see the values it computed (FedL2P stops early on them).
+    /// The exact bits of every round's `eval` and `extra`: serde_json's default float parsing
+    /// can be one ulp off, and a resumed run must see the values it computed (FedL2P stops early
+    /// on `eval`; FedP2EFT writes `extra` to diagnostics.csv). Absent in older checkpoints.
     #[serde(default)]
     eval_bits: Vec<Option<u64>>,
+    #[serde(default)]
+    extra_bits: Vec<BTreeMap<String, u64>>,
 }
 
 const MAGIC: &[u8; 8] = b"FLSTATE1";
@@ -156,6 +159,16 @@ impl EngineState {
                 .metrics
                 .iter()
                 .map(|m| m.eval.map(f64::to_bits))
+                .collect(),
+            extra_bits: self
+                .metrics
+                .iter()
+                .map(|m| {
+                    m.extra
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_bits()))
+                        .collect()
+                })
                 .collect(),
         })
         .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
@@ -192,6 +205,13 @@ impl EngineState {
         if header.eval_bits.len() == header.metrics.len() {
             for (m, bits) in header.metrics.iter_mut().zip(&header.eval_bits) {
                 m.eval = bits.map(f64::from_bits);
+            }
+        }
+        if header.extra_bits.len() == header.metrics.len() {
+            for (m, bits) in header.metrics.iter_mut().zip(&header.extra_bits) {
+                for (k, b) in bits {
+                    m.extra.insert(k.clone(), f64::from_bits(*b));
+                }
             }
         }
         let tensors = tensors_from_bytes(&bytes[body_at..], device)?;
@@ -440,6 +460,28 @@ mod tests {
             .persistent
             .values()
             .any(|p| p["count"].to_vec1::<f32>().unwrap()[0] > 1.0));
+    }
+
+    /// Found by the crash campaign: a psg/fedp2eft run resumed after its last round wrote
+    /// diagnostics.csv with `regression_l1_last` one ulp off the uninterrupted run's.
+    #[test]
+    fn extra_metrics_survive_the_checkpoint_bit_for_bit() {
+        let mut s = init();
+        // serde_json alone parses this back as ...525825.
+        let v = 0.012475298451525823f64;
+        s.metrics.push(RoundMetrics {
+            round: 1,
+            mean_train_loss: 0.5,
+            clients: vec![1],
+            wall_s: 0.0,
+            eval: None,
+            extra: BTreeMap::from([("regression_l1_last".to_string(), v)]),
+        });
+        let back = EngineState::from_bytes(&s.to_bytes().unwrap(), &Device::Cpu).unwrap();
+        assert_eq!(
+            back.metrics[0].extra["regression_l1_last"].to_bits(),
+            v.to_bits()
+        );
     }
 
     #[test]
