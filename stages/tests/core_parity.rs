@@ -130,7 +130,9 @@ fn bert_logits_loss_and_full_gradients_match_transformers() {
     assert_eq!(n, store.len());
 }
 
-fn bt_setup() -> (
+fn bt_setup(
+    init: &str,
+) -> (
     bert::BertConfig,
     ParamStore,
     Vec<LinearShape>,
@@ -138,7 +140,7 @@ fn bt_setup() -> (
 ) {
     let (cfg, mut store) = tiny(|_| false);
     let mods = modules(&cfg);
-    insert_all(&mut store, "bt_init.safetensors");
+    insert_all(&mut store, init);
     let bt = BayesTuneConfig {
         r_max: 4,
         alpha: 8.0,
@@ -148,13 +150,50 @@ fn bt_setup() -> (
     (cfg, store, mods, bt)
 }
 
+/// Every trainable parameter's gradient against `want["{prefix}.{name}"]` (1e-5, scale-relative).
+fn assert_store_grads(
+    store: &ParamStore,
+    grads: &candle_core::backprop::GradStore,
+    want: &HashMap<String, Tensor>,
+    prefix: &str,
+) {
+    for (name, var) in store.trainable() {
+        let g = grads.get(var.as_tensor()).unwrap();
+        let w = &want[&format!("{prefix}.{name}")];
+        assert_grad_close(&format!("{prefix} {name}"), g, w, 1e-5);
+    }
+}
+
+/// The reference's Stage-1 optimiser: AdamW with A,B at `ab_lr` / `ab_wd` and λ at lr 1e-2
+/// without decay; also the A,B variables, which alone are clipped.
+fn bt_adamw(store: &ParamStore, ab_lr: f64, ab_wd: f64) -> (Adam, Vec<Var>) {
+    let (ab, lam): (Named, Named) = store
+        .trainable()
+        .into_iter()
+        .partition(|(n, _)| !n.ends_with("lora_lambda"));
+    let clip_vars = ab.iter().map(|(_, v)| v.clone()).collect();
+    let groups = vec![
+        ParamGroup {
+            params: ab,
+            lr: ab_lr,
+            weight_decay: ab_wd,
+        },
+        ParamGroup {
+            params: lam,
+            lr: 1e-2,
+            weight_decay: 0.0,
+        },
+    ];
+    (Adam::new(AdamConfig::adamw(), groups).unwrap(), clip_vars)
+}
+
 /// BayesTune-LoRA forward, CE + priors, gradients of A, B, λ (through the STE clamp), then two
 /// AdamW steps with two parameter groups and clipping of A,B only; merged weights.
 /// Tolerances: gradients 1e-5 (scale-relative); logits/losses/merged 5e-5; parameters after
 /// the AdamW steps 1e-4 (Adam's m/√v amplifies the rounding of near-zero gradients).
 #[test]
 fn bayestune_loss_gradients_and_adamw_steps_match_pytorch() {
-    let (cfg, mut store, mods, bt) = bt_setup();
+    let (cfg, mut store, mods, bt) = bt_setup("bt_init.safetensors");
     let want = load("bt_step.safetensors");
     let model = BertForSequenceClassification::load(&store, &cfg, &bt.spec()).unwrap();
     let batch = inputs();
@@ -176,38 +215,10 @@ fn bayestune_loss_gradients_and_adamw_steps_match_pytorch() {
     assert_close("ce", &ce, &want["ce"], 5e-5);
     assert_close("loss", &loss, &want["loss"], 5e-5);
     let grads = loss.backward().unwrap();
-    for (name, var) in store.trainable() {
-        let g = grads.get(var.as_tensor()).unwrap();
-        assert_grad_close(
-            &format!("grad {name}"),
-            g,
-            &want[&format!("grad.{name}")],
-            1e-5,
-        );
-    }
+    assert_store_grads(&store, &grads, &want, "grad");
 
-    let (ab, lam): (Named, Named) = store
-        .trainable()
-        .into_iter()
-        .partition(|(n, _)| !n.ends_with("lora_lambda"));
-    let clip_vars: Vec<Var> = ab.iter().map(|(_, v)| v.clone()).collect();
+    let (mut opt, clip_vars) = bt_adamw(&store, 1e-3, 0.01);
     let clip_refs: Vec<&Var> = clip_vars.iter().collect();
-    let mut opt = Adam::new(
-        AdamConfig::adamw(),
-        vec![
-            ParamGroup {
-                params: ab,
-                lr: 1e-3,
-                weight_decay: 0.01,
-            },
-            ParamGroup {
-                params: lam,
-                lr: 1e-2,
-                weight_decay: 0.0,
-            },
-        ],
-    )
-    .unwrap();
     for step in 1..=2 {
         let (stats, _) = train::train_step(
             &net,
@@ -263,16 +274,8 @@ fn bayestune_loss_gradients_and_adamw_steps_match_pytorch() {
 /// data part is near rounding size).
 #[test]
 fn bayestune_from_zero_b_matches_pytorch() {
-    let (cfg, mut store) = tiny(|_| false);
-    let mods = modules(&cfg);
-    insert_all(&mut store, "bt_zero_init.safetensors");
+    let (cfg, store, mods, bt) = bt_setup("bt_zero_init.safetensors");
     let want = load("bt_zero_steps.safetensors");
-    let bt = BayesTuneConfig {
-        r_max: 4,
-        alpha: 8.0,
-        lambda_init: 1e-4,
-        dropout: 0.0,
-    };
     let net = Net::Bert(BertForSequenceClassification::load(&store, &cfg, &bt.spec()).unwrap());
     let batch = inputs();
     let reg = Regulariser::BayesTune {
@@ -288,27 +291,9 @@ fn bayestune_from_zero_b_matches_pytorch() {
     )
     .unwrap();
     let grads = loss.backward().unwrap();
-    for (name, var) in store.trainable() {
-        let g = grads.get(var.as_tensor()).unwrap();
-        assert_grad_close(
-            &format!("grad1 {name}"),
-            g,
-            &want[&format!("grad1.{name}")],
-            1e-5,
-        );
-    }
-    let (ab, lam): (Named, Named) = store
-        .trainable()
-        .into_iter()
-        .partition(|(n, _)| !n.ends_with("lora_lambda"));
-    let clip_vars: Vec<Var> = ab.iter().map(|(_, v)| v.clone()).collect();
+    assert_store_grads(&store, &grads, &want, "grad1");
+    let (mut opt, clip_vars) = bt_adamw(&store, 1e-4, 0.0);
     let clip_refs: Vec<&Var> = clip_vars.iter().collect();
-    let group = |params, lr| ParamGroup {
-        params,
-        lr,
-        weight_decay: 0.0,
-    };
-    let mut opt = Adam::new(AdamConfig::adamw(), vec![group(ab, 1e-4), group(lam, 1e-2)]).unwrap();
     for step in 1..=4 {
         let clip = Clip {
             vars: &clip_refs,
@@ -342,7 +327,7 @@ fn bayestune_from_zero_b_matches_pytorch() {
 /// the separate branch).
 #[test]
 fn bayestune_merge_unmerge_in_model() {
-    let (cfg, store, _, bt) = bt_setup();
+    let (cfg, store, _, bt) = bt_setup("bt_init.safetensors");
     let batch = inputs();
     let mut model = BertForSequenceClassification::load(&store, &cfg, &bt.spec()).unwrap();
     let y0 = model.forward(&batch.input, &ForwardCtx::eval()).unwrap();
@@ -565,7 +550,7 @@ fn psg_forward_gradients_and_regression_match_pytorch() {
 /// here: clipping only the listed subset leaves the others untouched.
 #[test]
 fn clipping_touches_only_the_subset() {
-    let (cfg, store, mods, bt) = bt_setup();
+    let (cfg, store, mods, bt) = bt_setup("bt_init.safetensors");
     let model = BertForSequenceClassification::load(&store, &cfg, &bt.spec()).unwrap();
     let reg = Regulariser::BayesTune {
         store: &store,
